@@ -1,0 +1,20 @@
+//! Process exit codes, shared by `amivm boot` and `amivm run` and documented in `--help` and
+//! the README.
+
+/// The guest asked to stop: i8042 reset, or the exit port with value 0.
+pub const GUEST_STOPPED: i32 = 0;
+/// `--timeout` expired and the VM was stopped (the same code as coreutils `timeout`).
+pub const TIMEOUT: i32 = 124;
+/// amivm itself failed: bad argument, unreadable file, KVM error, store error.
+pub const AMIVM_FAILED: i32 = 125;
+/// The guest crashed: triple fault, KVM internal error / emulation failure, or a kernel panic.
+pub const GUEST_CRASHED: i32 = 126;
+
+/// The exit-code table printed after `--help`.
+pub const EXIT_CODE_HELP: &str = "\
+Exit codes:
+  0    the guest asked to stop (i8042 reset, or exit port 0xf4 written with 0)
+  N    the guest wrote N (1-255) to the exit port, I/O port 0xf4
+  124  --timeout expired; the VM was stopped
+  125  amivm itself failed (bad argument, unreadable file, KVM or store error)
+  126  the guest crashed (triple fault, KVM emulation failure, kernel panic)";

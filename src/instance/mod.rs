@@ -1,0 +1,1 @@
+//! Instances launched from images, and EC2 instance types.

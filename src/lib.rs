@@ -1,0 +1,14 @@
+//! amivm: boot machine images locally on KVM, the way EC2 boots an AMI.
+//!
+//! - [`cli`]: the `amivm` command line (the only place that uses `anyhow`).
+//! - [`vmm`]: the KVM virtual machine monitor: boot path, vCPUs, devices.
+//! - [`volume`]: the block-backend trait and copy-on-write volumes, the meeting
+//!   point of the device model and the image store.
+//! - [`store`]: the image store: images, snapshots, blobs, accounts.
+//! - [`instance`]: instances launched from images, instance types.
+
+pub mod cli;
+pub mod instance;
+pub mod store;
+pub mod vmm;
+pub mod volume;

@@ -1,0 +1,1 @@
+//! The image store: images (AMIs), snapshots, blobs, accounts and launch permissions.

@@ -1,0 +1,4 @@
+//! Emulated devices: legacy PC devices on the port-I/O bus, virtio-mmio devices on the MMIO bus.
+
+pub mod bus;
+pub mod virtio;

@@ -1,0 +1,3 @@
+//! The KVM virtual machine monitor.
+
+pub mod devices;
