@@ -1,0 +1,105 @@
+# shellcheck shell=bash
+# Shared helpers for amivm's shell scripts. Source it; it defines functions and a few variables only.
+#
+#   AMIVM_ROOT   the repository root (the parent of scripts/)
+#   AMIVM_CACHE  the cache folder, ignored by git: $AMIVM_CACHE or <repo>/.cache
+#
+# Conventions: progress and errors go to stderr (prefixed with the script's name); stdout carries only
+# the results a caller captures (paths, or KEY=VALUE lines).
+
+AMIVM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+AMIVM_CACHE=${AMIVM_CACHE:-$AMIVM_ROOT/.cache}
+AMIVM_SCRIPT=$(basename "$0")
+
+log() { printf '%s: %s\n' "$AMIVM_SCRIPT" "$*" >&2; }
+die() {
+    printf '%s: error: %s\n' "$AMIVM_SCRIPT" "$*" >&2
+    exit 1
+}
+
+# now_ms: milliseconds since the epoch (for the timings the scripts report).
+now_ms() { date +%s%3N; }
+# since MS: seconds elapsed since MS, with one decimal.
+since() { awk -v a="$1" -v b="$(now_ms)" 'BEGIN { printf "%.1f s", (b - a) / 1000 }'; }
+
+# sha256_of FILE...: one hash over the names and contents of the files, in the order given.
+sha256_of() {
+    local f
+    for f in "$@"; do
+        printf '%s\0' "${f#"$AMIVM_ROOT"/}"
+        sha256sum <"$f"
+    done | sha256sum | cut -c1-64
+}
+
+# apt_install PKG...: installs the packages that are missing, if we are root; otherwise says what to run.
+# Waits for the dpkg lock instead of failing when another apt is running.
+apt_install() {
+    local missing=() p
+    for p in "$@"; do
+        dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        die "missing packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})"
+    fi
+    log "installing with apt: ${missing[*]}"
+    apt_update_once
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 \
+        --no-install-recommends "${missing[@]}" >&2
+}
+
+# need_tool CMD PKG: makes sure command CMD exists, installing package PKG when it does not.
+need_tool() {
+    command -v "$1" >/dev/null 2>&1 && return 0
+    apt_install "$2"
+    command -v "$1" >/dev/null 2>&1 || die "command '$1' not found even after installing $2"
+}
+
+# apt_update_once: `apt-get update` at most once per process, and only when root.
+AMIVM_APT_UPDATED=${AMIVM_APT_UPDATED:-}
+apt_update_once() {
+    [ -n "$AMIVM_APT_UPDATED" ] && return 0
+    [ "$(id -u)" -eq 0 ] || return 0
+    log "apt-get update"
+    apt-get update -q -o DPkg::Lock::Timeout=600 >&2
+    AMIVM_APT_UPDATED=1
+    export AMIVM_APT_UPDATED
+}
+
+# apt_candidate PKG: the version apt would download for PKG, or nothing when apt does not know it.
+apt_candidate() {
+    LC_ALL=C apt-cache policy "$1" 2>/dev/null | awk '$1 == "Candidate:" && $2 != "(none)" { print $2 }'
+}
+
+# apt_fetch PKG VERSION DIR: downloads PKG=VERSION's .deb into DIR (no install) unless it is already
+# there; prints the .deb's path.
+apt_fetch() {
+    local pkg=$1 ver=$2 dir=$3 deb
+    mkdir -p "$dir"
+    # apt names the file PKG_VERSION_ARCH.deb with ':' in the version escaped as %3a.
+    deb=$(find "$dir" -maxdepth 1 -name "${pkg}_${ver//:/%3a}_*.deb" -print -quit)
+    if [ -z "$deb" ]; then
+        log "downloading $pkg=$ver"
+        # apt-get download writes into the current directory. As root it drops privileges to the _apt
+        # user, who may not be able to write DIR: download into a world-writable temporary dir first.
+        local tmp
+        tmp=$(mktemp -d)
+        chmod 777 "$tmp"
+        (cd "$tmp" && apt-get download -q "$pkg=$ver" >&2) || {
+            rm -rf "$tmp"
+            die "apt-get download $pkg=$ver failed"
+        }
+        mv "$tmp"/*.deb "$dir"/
+        rmdir "$tmp"
+        deb=$(find "$dir" -maxdepth 1 -name "${pkg}_${ver//:/%3a}_*.deb" -print -quit)
+    fi
+    [ -n "$deb" ] || die "no .deb for $pkg=$ver in $dir"
+    printf '%s\n' "$deb"
+}
+
+# link_stable LINK TARGET: points the relative symlink LINK at TARGET (atomically).
+link_stable() {
+    local link=$1 target=$2
+    ln -sfn "$(realpath --relative-to="$(dirname "$link")" "$target")" "$link.tmp$$"
+    mv -Tf "$link.tmp$$" "$link"
+}
