@@ -1,8 +1,108 @@
-//! `amivm boot`: boot a kernel directly.
+//! `amivm boot`: boot a kernel directly, with no image store involved.
+
+use super::exit;
+use crate::vmm::boot::{cmdline, BootProtocol};
+use crate::vmm::{ConsoleConfig, VmConfig, VmExit, Vmm};
+use anyhow::Context;
+use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
-pub struct BootArgs {}
+#[command(after_help = exit::EXIT_CODE_HELP)]
+pub struct BootArgs {
+    /// Kernel to boot: an ELF vmlinux (64-bit Linux boot protocol, or PVH) or a bzImage.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk, placed high in memory below 3 GiB.
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// Replace the default kernel command line.
+    #[arg(
+        long,
+        value_name = "ARGS",
+        conflicts_with = "append",
+        allow_hyphen_values = true
+    )]
+    pub cmdline: Option<String>,
+    /// Add to the default kernel command line.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub append: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub vcpus: u32,
+    /// Guest memory in MiB (mapped lazily: only what the guest touches is used).
+    #[arg(long, default_value_t = 128, value_name = "MIB")]
+    pub memory: u64,
+    /// Stop the VM and exit 124 after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Also write the guest's serial console to this file (appended).
+    #[arg(long, value_name = "FILE")]
+    pub serial_log: Option<PathBuf>,
+    /// Entry protocol: linux (64-bit boot protocol, zero page) or pvh (ELF with a PVH note).
+    #[arg(long, value_enum, default_value_t = BootProtocol::Linux)]
+    pub boot_protocol: BootProtocol,
+}
 
-pub fn run(_args: BootArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("boot is not implemented yet")
+/// Parse `--timeout` seconds.
+pub fn timeout_from(secs: Option<f64>) -> anyhow::Result<Option<Duration>> {
+    match secs {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => anyhow::bail!("--timeout {s} must be a positive number of seconds"),
+    }
+}
+
+/// Turn a VM's end into the process exit code, printing the one-line reason on stderr.
+pub fn report_exit(exit: &VmExit) -> i32 {
+    match exit {
+        VmExit::Stopped => exit::GUEST_STOPPED,
+        VmExit::ExpectMatched => {
+            eprintln!("amivm: console matched --expect; VM stopped");
+            exit::GUEST_STOPPED
+        }
+        VmExit::ExitCode(n) => {
+            eprintln!("amivm: guest exited with status {n} through the exit port");
+            *n as i32
+        }
+        VmExit::Timeout => {
+            eprintln!("amivm: timeout expired; VM stopped");
+            exit::TIMEOUT
+        }
+        VmExit::Crashed(reason) => {
+            eprintln!("amivm: guest crashed: {reason}");
+            exit::GUEST_CRASHED
+        }
+        VmExit::UserStop => {
+            eprintln!("amivm: VM stopped from the host");
+            exit::HOST_STOPPED
+        }
+        VmExit::VmmFailed(why) => {
+            eprintln!("amivm: error: {why}");
+            exit::AMIVM_FAILED
+        }
+    }
+}
+
+pub fn run(args: BootArgs) -> anyhow::Result<i32> {
+    let cmdline = cmdline::compose(args.cmdline.as_deref(), args.append.as_deref(), &[]);
+    let config = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        cmdline,
+        protocol: args.boot_protocol,
+        vcpus: args.vcpus,
+        mem_mib: args.memory,
+        timeout: timeout_from(args.timeout)?,
+        console: ConsoleConfig {
+            stdout: true,
+            log: args.serial_log,
+            stdin: true,
+            expect: None,
+        },
+        stop_grace: None,
+    };
+    let vmm = Vmm::new(config).context("cannot start the VM")?;
+    let exit = vmm.run().context("VM failed")?;
+    Ok(report_exit(&exit))
 }

@@ -10,6 +10,10 @@ pub const AMIVM_FAILED: i32 = 125;
 /// The guest crashed: triple fault, KVM internal error / emulation failure, or a kernel panic.
 pub const GUEST_CRASHED: i32 = 126;
 
+/// The VM was stopped from the host: Ctrl-A x on the console, SIGINT or SIGTERM (128 + SIGINT,
+/// the shell convention for an interrupted command).
+pub const HOST_STOPPED: i32 = 130;
+
 /// The exit-code table printed after `--help`.
 pub const EXIT_CODE_HELP: &str = "\
 Exit codes:
@@ -17,4 +21,5 @@ Exit codes:
   N    the guest wrote N (1-255) to the exit port, I/O port 0xf4
   124  --timeout expired; the VM was stopped
   125  amivm itself failed (bad argument, unreadable file, KVM or store error)
-  126  the guest crashed (triple fault, KVM emulation failure, kernel panic)";
+  126  the guest crashed (triple fault, KVM emulation failure, kernel panic)
+  130  the VM was stopped from the host (Ctrl-A x, SIGINT, SIGTERM)";

@@ -3,7 +3,7 @@
 //! the topology, and the hypervisor bit. References: Intel SDM vol. 2A, "CPUID"; AMD APM
 //! vol. 3, appendix E.
 
-use kvm_bindings::kvm_cpuid_entry2;
+use kvm_bindings::{kvm_cpuid_entry2, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
 /// Leaf 1: version and feature information.
 const LEAF_FEATURES: u32 = 0x1;
@@ -92,26 +92,6 @@ pub fn normalize(
             LEAF_EXT_FEATURES if e.index == 0 && opts.hide_emulator_gaps => {
                 e.ebx &= !(EBX7_AVX2 | EBX7_AVX512F | EBX7_SMAP);
             }
-            LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
-                e.edx = apic_id;
-                match e.index {
-                    0 => {
-                        e.eax = 0;
-                        e.ebx = 1;
-                        e.ecx = (LEVEL_TYPE_SMT << 8) | e.index;
-                    }
-                    1 => {
-                        e.eax = bits_for(nvcpus);
-                        e.ebx = nvcpus;
-                        e.ecx = (LEVEL_TYPE_CORE << 8) | e.index;
-                    }
-                    _ => {
-                        e.eax = 0;
-                        e.ebx = 0;
-                        e.ecx = e.index;
-                    }
-                }
-            }
             LEAF_ADDR_SIZES => {
                 // AMD: ECX[7:0] = number of physical cores - 1.
                 e.ecx = (e.ecx & !0xff) | (nvcpus.max(1) - 1).min(255);
@@ -119,11 +99,40 @@ pub fn normalize(
             _ => {}
         }
     }
+    // Topology leaves: KVM may list only some sub-leaves, so rebuild them whole: SMT level
+    // (one thread per core), core level (n cores), then the invalid level that ends the list.
+    let max_basic = out.iter().find(|e| e.function == 0).map_or(0, |e| e.eax);
+    for leaf in [LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2] {
+        let present = out.iter().any(|e| e.function == leaf);
+        out.retain(|e| e.function != leaf);
+        if max_basic >= leaf && (present || leaf == LEAF_TOPOLOGY) {
+            out.extend(topology_leaf(leaf, apic_id, nvcpus));
+        }
+    }
     if opts.hide_emulator_gaps {
         // Leaf 0xd describes XSAVE state components: without XSAVE it must be empty.
         out.retain(|e| e.function != 0xd);
     }
     out
+}
+
+/// The three sub-leaves of an extended topology leaf (0xb or 0x1f) for `nvcpus` cores.
+fn topology_leaf(leaf: u32, apic_id: u32, nvcpus: u32) -> [kvm_cpuid_entry2; 3] {
+    let sub = |index: u32, eax: u32, ebx: u32, level: u32| kvm_cpuid_entry2 {
+        function: leaf,
+        index,
+        flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+        eax,
+        ebx,
+        ecx: (level << 8) | index,
+        edx: apic_id,
+        ..Default::default()
+    };
+    [
+        sub(0, 0, 1, LEVEL_TYPE_SMT),
+        sub(1, bits_for(nvcpus), nvcpus, LEVEL_TYPE_CORE),
+        sub(2, 0, 0, 0),
+    ]
 }
 
 /// The hypervisor signature (12 bytes of EBX, ECX, EDX) in a CPUID table, if any.
@@ -187,8 +196,7 @@ mod tests {
             leaf(4, 0, 0xfc00_4121, 0, 0, 0),
             leaf(7, 0, 0, EBX7_AVX2 | EBX7_SMAP | 1, 0, 0),
             leaf(0xb, 0, 1, 2, 0x100, 9),
-            leaf(0xb, 1, 4, 16, 0x201, 9),
-            leaf(0xb, 2, 0, 0, 2, 9),
+            leaf(0x1f, 0, 1, 2, 0x100, 9),
             leaf(0xd, 0, 7, 0, 0, 0),
             leaf(
                 LEAF_HYPERVISOR,
@@ -230,6 +238,9 @@ mod tests {
         assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 2));
         assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 4, 0x201, 2));
         assert_eq!((end.ebx, (end.ecx >> 8) & 0xff), (0, 0));
+        // Leaf 0x1f rebuilt the same way, since KVM listed it.
+        assert_eq!(get(&t, 0x1f, 1).ebx, 4);
+        assert_ne!(get(&t, 0xb, 1).flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0);
         assert_eq!(get(&t, 4, 0).eax >> 26, 3);
         assert_eq!(get(&t, LEAF_ADDR_SIZES, 0).ecx & 0xff, 3);
         assert_eq!(bits_for(1), 0);

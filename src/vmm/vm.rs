@@ -1,0 +1,412 @@
+//! The virtual machine: `Vmm::new(VmConfig)` builds it (KVM, memory, boot path, devices,
+//! vCPUs); `run()` runs it to a [`VmExit`].
+
+use super::boot::{self, BootProtocol};
+use super::console::{spawn_stdin_forwarder, RawTerminal};
+use super::devices::bus::{Bus, SharedDevice};
+use super::devices::exit_port::{ExitPort, EXIT_PORT, EXIT_PORT_SIZE};
+use super::devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_SPAN};
+use super::devices::serial::{ConsoleSink, SerialDevice, COM1_GSI, COM1_PORT, COM1_PORT_SPAN};
+use super::events::{CrashReason, EventSink, VmEvent};
+use super::layout::{KVM_TSS_ADDRESS, MIN_MEMORY_MIB};
+use super::memory::{create_guest_memory, ram_end};
+use super::vcpu::{create_vcpu, run_vcpu, VcpuContext};
+use super::x86_64::{cpuid, mptable};
+use super::VmmError;
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use regex::Regex;
+use std::os::unix::thread::JoinHandleExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+/// ISA IRQ of the i8042 keyboard.
+const KBD_GSI: u32 = 1;
+/// How often the main thread looks at host signals while waiting for the guest.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How long to keep kicking vCPU threads out of KVM_RUN before giving up on joining them.
+const STOP_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Console wiring.
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleConfig {
+    /// Copy guest output to stdout.
+    pub stdout: bool,
+    /// Also append it to this file.
+    pub log: Option<PathBuf>,
+    /// Forward a terminal on stdin to the guest (raw mode).
+    pub stdin: bool,
+    /// End the VM successfully once the console matches.
+    pub expect: Option<Regex>,
+}
+
+/// Everything needed to build a VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// The full kernel command line (device fragments are appended by the VMM).
+    pub cmdline: String,
+    pub protocol: BootProtocol,
+    pub vcpus: u32,
+    pub mem_mib: u64,
+    pub timeout: Option<Duration>,
+    pub console: ConsoleConfig,
+    /// On SIGTERM/SIGINT: send Ctrl-Alt-Del and give the guest this long before stopping it.
+    /// `None` stops at once.
+    pub stop_grace: Option<Duration>,
+}
+
+/// How the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// Reset or exit port 0.
+    Stopped,
+    /// Exit port with a non-zero value.
+    ExitCode(u8),
+    /// `--timeout` expired.
+    Timeout,
+    /// The guest crashed.
+    Crashed(CrashReason),
+    /// The console matched `--expect`.
+    ExpectMatched,
+    /// Stopped from the host (Ctrl-A x, SIGINT, SIGTERM).
+    UserStop,
+    /// The VMM failed while the guest ran.
+    VmmFailed(String),
+}
+
+/// Set by the SIGTERM/SIGINT handler.
+static HOST_STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_host_stop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    HOST_STOP.store(true, Ordering::SeqCst);
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Whether the host CPU has hardware virtualisation (VT-x or AMD-V). Without it, KVM here is
+/// PVM and runs ordinary guests through its instruction emulator.
+pub fn host_has_hardware_virt() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        })
+        .unwrap_or(false)
+}
+
+/// Open /dev/kvm with a helpful error.
+pub fn open_kvm() -> Result<Kvm, VmmError> {
+    Kvm::new().map_err(|e| {
+        let hint = match e.errno() {
+            libc::ENOENT => "/dev/kvm does not exist: enable virtualisation in the firmware and load kvm_intel or kvm_amd (modprobe kvm_intel), or use a host/CI runner with nested virtualisation",
+            libc::EACCES | libc::EPERM => "no permission on /dev/kvm: add yourself to the kvm group (sudo usermod -aG kvm $USER, then log in again) or run as root",
+            _ => "cannot open /dev/kvm",
+        };
+        VmmError::KvmOpen { hint, source: e }
+    })
+}
+
+/// A built VM, ready to run.
+pub struct Vmm {
+    _kvm: Kvm,
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    vcpus: Vec<VcpuFd>,
+    pio: Bus,
+    mmio: Bus,
+    events: EventSink,
+    rx: Receiver<VmEvent>,
+    serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042>>,
+    config: VmConfig,
+    /// The boot path's results (entry point, memory map), for diagnostics.
+    pub boot: boot::BootSetup,
+}
+
+impl Vmm {
+    /// Validate the configuration and build the VM.
+    pub fn new(config: VmConfig) -> Result<Vmm, VmmError> {
+        let kvm = open_kvm()?;
+        let kerr = |step: &'static str| move |source| VmmError::Kvm { step, source };
+        for (cap, name) in [
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+            (Cap::Pit2, "KVM_CAP_PIT2"),
+            (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+            (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmmError::MissingCap(name));
+            }
+        }
+        let max_vcpus = (kvm.get_max_vcpus() as u32).min(mptable::MAX_CPUS);
+        if config.vcpus == 0 || config.vcpus > max_vcpus {
+            return Err(VmmError::Config(format!(
+                "--vcpus {} is out of range: this host allows 1 to {max_vcpus}",
+                config.vcpus
+            )));
+        }
+        if config.mem_mib < MIN_MEMORY_MIB {
+            return Err(VmmError::Config(format!(
+                "--memory {} MiB is too small: at least {MIN_MEMORY_MIB} MiB",
+                config.mem_mib
+            )));
+        }
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kerr("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported = supported.as_slice().to_vec();
+        let phys_bits = cpuid::phys_addr_bits(&supported)
+            .unwrap_or(36)
+            .clamp(32, 52);
+        let mem_bytes = config
+            .mem_mib
+            .checked_mul(1 << 20)
+            .filter(|&b| ram_end(b) <= 1u64 << phys_bits)
+            .ok_or_else(|| {
+                VmmError::Config(format!(
+                    "--memory {} MiB is beyond what the guest can address ({phys_bits}-bit physical addresses)",
+                    config.mem_mib
+                ))
+            })?;
+
+        let vm = kvm.create_vm().map_err(kerr("KVM_CREATE_VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(kerr("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip().map_err(kerr("KVM_CREATE_IRQCHIP"))?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kerr("KVM_CREATE_PIT2"))?;
+
+        let mem = create_guest_memory(mem_bytes)?;
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_bindings::kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which the Vmm keeps for
+            // as long as the VM exists; its address and length come from the mapping itself.
+            unsafe { vm.set_user_memory_region(r) }.map_err(kerr("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+
+        let (sig, features) = cpuid::signature_and_features(&supported);
+        let boot = boot::setup(
+            &mem,
+            &boot::BootInputs {
+                kernel: &config.kernel,
+                initrd: config.initrd.as_deref(),
+                cmdline: &config.cmdline,
+                protocol: config.protocol,
+                vcpus: config.vcpus,
+                mem_bytes,
+                cpu_signature: mptable::CpuSignature {
+                    signature: sig,
+                    features,
+                },
+            },
+        )?;
+
+        // Devices.
+        let (tx, rx) = channel();
+        let events = EventSink::new(tx);
+        let mut pio = Bus::new();
+        let log = match &config.console.log {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|source| VmmError::Io {
+                        what: format!("cannot open serial log {}", p.display()),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+        vm.register_irqfd(&serial_irq, COM1_GSI)
+            .map_err(kerr("KVM_IRQFD (serial)"))?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            serial_irq,
+            ConsoleSink::new(
+                config.console.stdout,
+                log,
+                config.console.expect.clone(),
+                events.clone(),
+            ),
+        )));
+        pio.insert(serial.clone() as SharedDevice, COM1_PORT, COM1_PORT_SPAN)?;
+        let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+        vm.register_irqfd(&kbd_irq, KBD_GSI)
+            .map_err(kerr("KVM_IRQFD (i8042)"))?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(events.clone(), Some(kbd_irq))));
+        pio.insert(
+            i8042.clone() as SharedDevice,
+            I8042_DATA_PORT,
+            I8042_PORT_SPAN,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(ExitPort::new(events.clone()))),
+            EXIT_PORT,
+            EXIT_PORT_SIZE,
+        )?;
+
+        let opts = cpuid::CpuidOptions {
+            hide_emulator_gaps: !host_has_hardware_virt(),
+        };
+        let vcpus = (0..config.vcpus)
+            .map(|id| create_vcpu(&vm, id, config.vcpus, &supported, opts, boot.entry))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Vmm {
+            _kvm: kvm,
+            vm,
+            mem,
+            vcpus,
+            pio,
+            mmio: Bus::new(),
+            events,
+            rx,
+            serial,
+            i8042,
+            config,
+            boot,
+        })
+    }
+
+    /// The VM's file descriptor, for devices that register ioeventfds and irqfds.
+    pub fn vm_fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// Guest memory, for devices that do DMA.
+    pub fn guest_memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The MMIO bus, for attaching virtio devices before `run`.
+    pub fn mmio_bus_mut(&mut self) -> &mut Bus {
+        &mut self.mmio
+    }
+
+    /// Run the guest until it ends, the timeout expires or the host stops it.
+    pub fn run(mut self) -> Result<VmExit, VmmError> {
+        register_signal_handler(SIGRTMIN(), on_kick)
+            .map_err(|e| VmmError::Signal(e.to_string()))?;
+        for sig in [libc::SIGTERM, libc::SIGINT] {
+            register_signal_handler(sig, on_host_stop)
+                .map_err(|e| VmmError::Signal(e.to_string()))?;
+        }
+        let _raw = if self.config.console.stdin {
+            RawTerminal::enable()
+        } else {
+            None
+        };
+        if _raw.is_some() {
+            spawn_stdin_forwarder(self.serial.clone(), self.events.clone());
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (id, vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
+            let ctx = VcpuContext {
+                pio: self.pio.clone(),
+                mmio: self.mmio.clone(),
+                events: self.events.clone(),
+                stop: stop.clone(),
+                mem: self.mem.clone(),
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || run_vcpu(vcpu, id as u32, ctx))
+                .map_err(|source| VmmError::Io {
+                    what: "cannot start a vCPU thread".into(),
+                    source,
+                })?;
+            threads.push(h);
+        }
+        let exit = self.wait();
+        stop.store(true, Ordering::Release);
+        let t0 = Instant::now();
+        while threads.iter().any(|h| !h.is_finished()) && t0.elapsed() < STOP_DEADLINE {
+            for h in threads.iter().filter(|h| !h.is_finished()) {
+                // SAFETY: the pthread_t belongs to a thread we spawned and have not joined, so
+                // it is still valid; the signal has a no-op handler installed above.
+                unsafe { libc::pthread_kill(h.as_pthread_t(), SIGRTMIN()) };
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for h in threads.into_iter().filter(|h| h.is_finished()) {
+            let _ = h.join();
+        }
+        use std::io::Write;
+        let _ = self
+            .serial
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .writer_mut()
+            .flush();
+        Ok(exit)
+    }
+
+    fn wait(&self) -> VmExit {
+        let deadline = self.config.timeout.map(|t| Instant::now() + t);
+        let mut grace_until: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return VmExit::Timeout;
+            }
+            if grace_until.is_some_and(|g| now >= g) {
+                return VmExit::UserStop;
+            }
+            if HOST_STOP.swap(false, Ordering::SeqCst) {
+                match (self.config.stop_grace, grace_until) {
+                    (Some(g), None) => {
+                        self.i8042
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .ctrl_alt_del();
+                        grace_until = Some(now + g);
+                    }
+                    _ => return VmExit::UserStop,
+                }
+            }
+            let slice = deadline.map_or(POLL_INTERVAL, |d| {
+                d.saturating_duration_since(now).min(POLL_INTERVAL)
+            });
+            match self.rx.recv_timeout(slice) {
+                Ok(ev) => {
+                    return match ev {
+                        VmEvent::Reset => VmExit::Stopped,
+                        VmEvent::ExitPort(0) => VmExit::Stopped,
+                        VmEvent::ExitPort(n) => VmExit::ExitCode(n),
+                        VmEvent::Crash(c) => VmExit::Crashed(c),
+                        VmEvent::ExpectMatched => VmExit::ExpectMatched,
+                        VmEvent::VmmError(e) => VmExit::VmmFailed(e),
+                        VmEvent::UserStop => VmExit::UserStop,
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return VmExit::VmmFailed("event channel closed".into())
+                }
+            }
+        }
+    }
+}
