@@ -1,1 +1,251 @@
 //! The image store: images (AMIs), snapshots, blobs, accounts and launch permissions.
+//!
+//! # Model
+//! - A **snapshot** ([`Snapshot`]) is a volume cut into 512 KiB chunks ([`CHUNK_SIZE`], the
+//!   EBS block size). Each non-zero chunk is stored once under its sha256; the manifest holds
+//!   the size and the ordered list of non-zero chunks, so identical data across snapshots and
+//!   images is stored once and an incremental snapshot stores only the chunks that changed.
+//! - An **image** ([`Image`]) names a kernel blob, an optional initrd blob, a command line and
+//!   block-device mappings onto snapshots, with an owner, launch permissions and tags.
+//! - **Records** ([`records`]) let other modules (instances) persist small JSON documents in
+//!   the store, atomically, and tell `gc` which snapshots and blobs they still use.
+//!
+//! # Guarantees
+//! Every change goes through a [`Txn`]: data is staged under `tmp/`, and the commit (under an
+//! flock(2) on `STORE/lock`) makes objects durable (syncfs) before renaming them into place and
+//! applies the manifests through a redo journal, so readers see all of a change or none of it,
+//! even across `kill -9` or power loss. `gc` ([`Store::gc`]) deletes only chunks and blobs
+//! that no snapshot, image or record references, and staging left by dead processes; it
+//! waits for running transactions (they hold `STORE/gc.lock` shared).
+//!
+//! # API for the instance module
+//! ```no_run
+//! # use amivm::store::*;
+//! # fn demo(volume: &mut dyn amivm::volume::BlockBackend, dirty: &[u64]) -> Result<()> {
+//! let store = Store::open(&Store::default_dir()?)?;
+//! let caller = store.resolve_account(None)?;               // --account / AMIVM_ACCOUNT / config
+//! let image = store.resolve_image(&caller, "my-image")?;   // id or unique name, visible to caller
+//! store.check_launch_permission(&caller, &image)?;
+//! let kernel = store.kernel_blob_path(&image)?;            // a file the VMM can read
+//! let initrd = store.initrd_blob_path(&image)?;            // Option<PathBuf>
+//! let root = image.root_mapping().unwrap();
+//! let base = store.snapshot_view(&root.ebs.snapshot_id)?;  // impl BlockBackend, read-only
+//! // ... run the instance over a copy-on-write overlay on `base`; later, create-image:
+//! let snap = store.create_snapshot_incremental(&caller, &root.ebs.snapshot_id, volume, dirty, "backup")?;
+//! # Ok(()) }
+//! ```
+//! To build a multi-volume image from an instance atomically, use [`Store::begin`] and
+//! [`Txn::snapshot_incremental`] per volume, then [`Store::image_from_snapshots`] +
+//! [`Txn::put_image`] and [`Txn::commit`]. Instance records: [`Store::put_record`],
+//! [`Store::update_record`], [`Store::list_records`], [`Store::delete_record`],
+//! [`Store::record_data_dir`].
+
+pub mod accounts;
+pub mod backend;
+pub mod bundle;
+pub mod chunker;
+pub mod error;
+pub mod filter;
+pub mod fsio;
+pub mod gc;
+pub mod ids;
+pub mod images;
+pub mod layout;
+pub mod manifest;
+pub mod records;
+pub mod snapshot;
+pub mod snapshots;
+pub mod source;
+pub mod txn;
+pub mod view;
+
+pub use backend::{Collection, LocalDir, ObjectNs, ObjectStore};
+pub use error::{Result, StoreError};
+pub use filter::{ImageFilter, OwnerFilter};
+pub use gc::GcReport;
+pub use ids::{AccountId, ContentHash, ImageId, SnapshotId};
+pub use images::{CreateImageRequest, VolumeSpec};
+pub use manifest::{
+    Architecture, BlobRef, BlockDeviceMapping, EbsBlockDevice, Image, ImageState, KernelFormat,
+    KernelRef,
+};
+pub use records::{Record, StoreRefs};
+pub use snapshot::{ChunkEntry, Snapshot, SnapshotState, CHUNK_SIZE};
+pub use txn::Txn;
+pub use view::SnapshotView;
+
+use fsio::{FileLock, LockMode};
+use layout::Layout;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Progress reports from long operations (hashing a volume, import). The CLI shows a bar.
+pub trait Progress {
+    /// A new phase of `total` units (bytes).
+    fn start(&self, label: &str, total: u64);
+    /// `n` more units done.
+    fn advance(&self, n: u64);
+    /// The phase is over.
+    fn finish(&self);
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _label: &str, _total: u64) {}
+    fn advance(&self, _n: u64) {}
+    fn finish(&self) {}
+}
+
+/// An open image store. Cheap to clone; safe to share between threads and processes.
+#[derive(Debug, Clone)]
+pub struct Store {
+    layout: Layout,
+    backend: Arc<dyn ObjectStore>,
+}
+
+impl Store {
+    /// The default store directory: `$AMIVM_HOME`, else `$XDG_DATA_HOME/amivm`, else
+    /// `~/.local/share/amivm`.
+    pub fn default_dir() -> Result<PathBuf> {
+        layout::default_dir()
+    }
+
+    /// Open the store in `dir`, creating it on first use, and finish any commit that a crash
+    /// interrupted.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let layout = Layout::new(dir);
+        let backend = Arc::new(LocalDir::new(layout.clone()));
+        Self::with_backend(dir, backend)
+    }
+
+    /// Open a store whose objects live in `backend`; `dir` holds the local state (lock files,
+    /// staging, account config).
+    pub fn with_backend(dir: &Path, backend: Arc<dyn ObjectStore>) -> Result<Store> {
+        let layout = Layout::new(dir);
+        for d in layout.skeleton() {
+            fsio::mkdirs(&d)?;
+        }
+        let store = Store { layout, backend };
+        if store.backend.needs_recovery() {
+            drop(store.lock()?);
+        }
+        Ok(store)
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        self.layout.root()
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn backend(&self) -> &dyn ObjectStore {
+        &*self.backend
+    }
+
+    /// A shared handle on the backend (for views that outlive a borrow of the store).
+    pub fn backend_arc(&self) -> Arc<dyn ObjectStore> {
+        self.backend.clone()
+    }
+
+    /// Take the store lock (exclusive) and finish any interrupted commit. Not re-entrant:
+    /// never call a mutating store method while holding it.
+    pub fn lock(&self) -> Result<FileLock> {
+        let lock = FileLock::acquire(&self.layout.lock(), LockMode::Exclusive)?;
+        self.backend.recover()?;
+        Ok(lock)
+    }
+
+    /// Start a transaction (see [`Txn`]).
+    pub fn begin(&self) -> Result<Txn<'_>> {
+        Txn::begin(self)
+    }
+
+    fn read_doc<T: serde::de::DeserializeOwned>(
+        &self,
+        c: &Collection,
+        id: &str,
+    ) -> Result<Option<T>> {
+        match self.backend.get_doc(c, id)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::corrupt(format!("{} {id}", c.dir()), e.to_string())),
+        }
+    }
+
+    /// An image manifest by id, whoever owns it (no permission check).
+    pub fn image(&self, id: &ImageId) -> Result<Image> {
+        self.read_doc(&Collection::Images, id.as_str())?
+            .ok_or_else(|| StoreError::NotFound(format!("image {id} not found")))
+    }
+
+    /// Every image manifest in the store (no permission check). Damaged manifests are skipped
+    /// with a warning.
+    pub fn all_images(&self) -> Result<Vec<Image>> {
+        let mut v = Vec::new();
+        for id in self.backend.list_docs(&Collection::Images)? {
+            match self.read_doc::<Image>(&Collection::Images, &id) {
+                Ok(Some(img)) => v.push(img),
+                Ok(None) => {}
+                Err(e) => log::warn!("skipping image {id}: {e}"),
+            }
+        }
+        v.sort_by(|a, b| (&a.creation_date, &a.image_id).cmp(&(&b.creation_date, &b.image_id)));
+        Ok(v)
+    }
+
+    /// A snapshot manifest by id (no permission check).
+    pub fn snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let s: Snapshot = self
+            .read_doc(&Collection::Snapshots, id.as_str())?
+            .ok_or_else(|| StoreError::NotFound(format!("snapshot {id} not found")))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Whether a snapshot manifest exists.
+    pub fn has_snapshot(&self, id: &SnapshotId) -> Result<bool> {
+        Ok(self
+            .backend
+            .get_doc(&Collection::Snapshots, id.as_str())?
+            .is_some())
+    }
+
+    /// Every snapshot manifest in the store (no permission check).
+    pub fn all_snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut v = Vec::new();
+        for id in self.backend.list_docs(&Collection::Snapshots)? {
+            match SnapshotId::parse(&id).and_then(|id| self.snapshot(&id)) {
+                Ok(s) => v.push(s),
+                Err(e) => log::warn!("skipping snapshot {id}: {e}"),
+            }
+        }
+        v.sort_by(|a, b| (&a.start_time, &a.snapshot_id).cmp(&(&b.start_time, &b.snapshot_id)));
+        Ok(v)
+    }
+
+    /// A file holding the image's kernel.
+    pub fn kernel_blob_path(&self, image: &Image) -> Result<PathBuf> {
+        self.backend
+            .object_path(ObjectNs::Blob, &image.kernel.blob.blob)
+    }
+
+    /// A file holding the image's initrd, if it has one.
+    pub fn initrd_blob_path(&self, image: &Image) -> Result<Option<PathBuf>> {
+        image
+            .initrd
+            .as_ref()
+            .map(|b| self.backend.object_path(ObjectNs::Blob, &b.blob))
+            .transpose()
+    }
+
+    /// A read-only block device over a snapshot: reads return the chunk's bytes, or zeros.
+    pub fn snapshot_view(&self, id: &SnapshotId) -> Result<SnapshotView> {
+        SnapshotView::new(self.backend.clone(), self.snapshot(id)?)
+    }
+}

@@ -1,0 +1,352 @@
+//! Where the store's bytes live: the [`ObjectStore`] trait and its local-directory
+//! implementation, [`LocalDir`].
+//!
+//! The trait is the seam for a remote object store. It speaks only of what such a store has:
+//! immutable content-addressed objects (chunks, blobs), small JSON documents (manifests,
+//! records) in named collections, listing, deletion, ranged reads, and one atomic operation,
+//! [`ObjectStore::commit_docs`], which applies a batch of document writes all-or-nothing. The
+//! local implementation gets that atomicity from a redo journal; a remote one would write the
+//! batch as one versioned object (or use conditional writes). Locks, the staging directory and
+//! the account config stay local to the machine and live in [`super::Store`].
+
+use super::error::{Result, StoreError};
+use super::fsio;
+use super::ids::ContentHash;
+use super::layout::{self, Layout};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Kinds of content-addressed objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectNs {
+    /// 512 KiB volume chunks.
+    Chunk,
+    /// Kernels and initrds.
+    Blob,
+}
+
+impl ObjectNs {
+    pub fn dir(self) -> &'static str {
+        match self {
+            ObjectNs::Chunk => layout::CHUNKS_DIR,
+            ObjectNs::Blob => layout::BLOBS_DIR,
+        }
+    }
+}
+
+/// Collections of JSON documents.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Collection {
+    Images,
+    Snapshots,
+    /// Records kept for other modules, e.g. `Records("instances")`.
+    Records(String),
+}
+
+impl Collection {
+    /// Directory of the collection relative to the store root.
+    pub fn dir(&self) -> String {
+        match self {
+            Collection::Images => layout::IMAGES_DIR.to_string(),
+            Collection::Snapshots => layout::SNAPSHOTS_DIR.to_string(),
+            Collection::Records(kind) => format!("{}/{kind}", layout::RECORDS_DIR),
+        }
+    }
+}
+
+/// One change in an atomic batch.
+#[derive(Debug, Clone)]
+pub enum DocOp {
+    Put {
+        collection: Collection,
+        id: String,
+        bytes: Vec<u8>,
+    },
+    Delete {
+        collection: Collection,
+        id: String,
+    },
+}
+
+/// Positioned reads of one object.
+pub trait ObjectReader: Send {
+    /// Fill `buf` from `offset` (the object must be long enough).
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl ObjectReader for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+/// The storage behind a store. See the module docs.
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// Where the objects are, for messages.
+    fn location(&self) -> String;
+
+    /// Whether the object exists.
+    fn object_exists(&self, ns: ObjectNs, hash: &ContentHash) -> Result<bool>;
+    /// Open an object for positioned reads.
+    fn open_object(&self, ns: ObjectNs, hash: &ContentHash) -> Result<Box<dyn ObjectReader>>;
+    /// A local file holding the object, for consumers that need a path (the VMM loading a
+    /// kernel). A remote store would download to a local cache first.
+    fn object_path(&self, ns: ObjectNs, hash: &ContentHash) -> Result<PathBuf>;
+    /// Every object of a kind, with its size in bytes.
+    fn list_objects(&self, ns: ObjectNs) -> Result<Vec<(ContentHash, u64)>>;
+    /// Delete an object (gc only).
+    fn delete_object(&self, ns: ObjectNs, hash: &ContentHash) -> Result<()>;
+    /// Make complete staged files durable objects, consuming them. Objects that already exist
+    /// are kept (same name, same content).
+    fn put_objects(&self, staged: &[(ObjectNs, ContentHash, PathBuf)]) -> Result<()>;
+
+    /// One document, or `None`.
+    fn get_doc(&self, collection: &Collection, id: &str) -> Result<Option<Vec<u8>>>;
+    /// The ids of a collection's documents.
+    fn list_docs(&self, collection: &Collection) -> Result<Vec<String>>;
+    /// Apply a batch of document changes all-or-nothing. Callers hold the store lock.
+    fn commit_docs(&self, batch: Vec<DocOp>) -> Result<()>;
+    /// Finish a batch that a crash interrupted. Callers hold the store lock.
+    fn recover(&self) -> Result<()>;
+    /// Whether a batch was interrupted and awaits [`ObjectStore::recover`].
+    fn needs_recovery(&self) -> bool;
+}
+
+/// The redo journal of [`LocalDir::commit_docs`]: renames of staged files into place and
+/// deletions, by paths relative to the store root.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Journal {
+    renames: Vec<(String, String)>,
+    deletes: Vec<String>,
+}
+
+/// Objects and documents in a local directory (see [`super::layout`]).
+#[derive(Debug, Clone)]
+pub struct LocalDir {
+    layout: Layout,
+}
+
+impl LocalDir {
+    pub fn new(layout: Layout) -> Self {
+        LocalDir { layout }
+    }
+
+    fn obj(&self, ns: ObjectNs, hash: &ContentHash) -> PathBuf {
+        self.layout.object(ns.dir(), &hash.to_hex())
+    }
+
+    fn rel_doc(&self, c: &Collection, id: &str) -> String {
+        format!("{}/{id}.{}", c.dir(), layout::JSON_EXT)
+    }
+
+    fn apply(&self, j: &Journal) -> Result<()> {
+        let root = self.layout.root();
+        for (from, to) in &j.renames {
+            let (from, to) = (root.join(from), root.join(to));
+            if from.exists() {
+                if let Some(parent) = to.parent() {
+                    fsio::mkdirs(parent)?;
+                }
+                std::fs::rename(&from, &to).map_err(|e| StoreError::io("rename into", &to, e))?;
+            }
+        }
+        for d in &j.deletes {
+            fsio::remove_if_exists(&root.join(d))?;
+        }
+        fsio::syncfs(root)?;
+        fsio::remove_if_exists(&self.layout.journal())?;
+        fsio::fsync_dir(root)
+    }
+}
+
+fn check_doc_id(id: &str) -> Result<()> {
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(StoreError::Invalid(format!(
+            "'{id}' is not a valid document id"
+        )));
+    }
+    Ok(())
+}
+
+impl ObjectStore for LocalDir {
+    fn location(&self) -> String {
+        self.layout.root().display().to_string()
+    }
+
+    fn object_exists(&self, ns: ObjectNs, hash: &ContentHash) -> Result<bool> {
+        let p = self.obj(ns, hash);
+        match std::fs::symlink_metadata(&p) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::io("stat", &p, e)),
+        }
+    }
+
+    fn open_object(&self, ns: ObjectNs, hash: &ContentHash) -> Result<Box<dyn ObjectReader>> {
+        let p = self.obj(ns, hash);
+        let f = File::open(&p)
+            .map_err(|e| StoreError::corrupt(format!("object {}", p.display()), e.to_string()))?;
+        Ok(Box::new(f))
+    }
+
+    fn object_path(&self, ns: ObjectNs, hash: &ContentHash) -> Result<PathBuf> {
+        let p = self.obj(ns, hash);
+        if !p.is_file() {
+            return Err(StoreError::corrupt(
+                format!("store {}", self.location()),
+                format!("{} {hash} is missing", ns.dir()),
+            ));
+        }
+        Ok(p)
+    }
+
+    fn list_objects(&self, ns: ObjectNs) -> Result<Vec<(ContentHash, u64)>> {
+        let dir = self.layout.dir(ns.dir());
+        let mut out = Vec::new();
+        for fan in read_dir_sorted(&dir)? {
+            if !fan.is_dir() {
+                continue;
+            }
+            for p in read_dir_sorted(&fan)? {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                if let Ok(h) = ContentHash::parse(name) {
+                    let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                    out.push((h, len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_object(&self, ns: ObjectNs, hash: &ContentHash) -> Result<()> {
+        fsio::remove_if_exists(&self.obj(ns, hash)).map(|_| ())
+    }
+
+    fn put_objects(&self, staged: &[(ObjectNs, ContentHash, PathBuf)]) -> Result<()> {
+        if staged.is_empty() {
+            return Ok(());
+        }
+        // The data must be durable before it gets its final name: a chunk that exists under
+        // its hash is trusted forever after (dedup never re-reads it).
+        fsio::syncfs(&self.layout.tmp())?;
+        for (ns, hash, path) in staged {
+            let dest = self.obj(*ns, hash);
+            if self.object_exists(*ns, hash)? {
+                fsio::remove_if_exists(path)?;
+                continue;
+            }
+            if let Some(parent) = dest.parent() {
+                fsio::mkdirs(parent)?;
+            }
+            std::fs::rename(path, &dest).map_err(|e| StoreError::io("rename into", &dest, e))?;
+        }
+        Ok(())
+    }
+
+    fn get_doc(&self, collection: &Collection, id: &str) -> Result<Option<Vec<u8>>> {
+        check_doc_id(id)?;
+        fsio::read_optional(&self.layout.root().join(self.rel_doc(collection, id)))
+    }
+
+    fn list_docs(&self, collection: &Collection) -> Result<Vec<String>> {
+        let dir = self.layout.root().join(collection.dir());
+        let suffix = format!(".{}", layout::JSON_EXT);
+        Ok(read_dir_sorted(&dir)?
+            .into_iter()
+            .filter(|p| p.is_file())
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?;
+                name.strip_suffix(&suffix).map(str::to_string)
+            })
+            .collect())
+    }
+
+    fn commit_docs(&self, batch: Vec<DocOp>) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let root = self.layout.root();
+        let tmp = self.layout.tmp();
+        let mut journal = Journal::default();
+        let mut staged = Vec::new();
+        let res = (|| {
+            for op in &batch {
+                match op {
+                    DocOp::Put {
+                        collection,
+                        id,
+                        bytes,
+                    } => {
+                        check_doc_id(id)?;
+                        let p = fsio::write_temp(&tmp, "doc", bytes)?;
+                        staged.push(p.clone());
+                        let rel_tmp = p
+                            .strip_prefix(root)
+                            .map_err(|_| StoreError::Invalid("staging outside the store".into()))?;
+                        journal
+                            .renames
+                            .push((rel_tmp.display().to_string(), self.rel_doc(collection, id)));
+                    }
+                    DocOp::Delete { collection, id } => {
+                        check_doc_id(id)?;
+                        journal.deletes.push(self.rel_doc(collection, id));
+                    }
+                }
+            }
+            let bytes = serde_json::to_vec_pretty(&journal)
+                .map_err(|e| StoreError::Invalid(format!("journal: {e}")))?;
+            // The staged documents were fsynced one by one; the journal's rename is the commit
+            // point.
+            fsio::write_atomic(&tmp, &self.layout.journal(), &bytes)
+        })();
+        if let Err(e) = res {
+            for p in staged {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
+        self.apply(&journal)
+    }
+
+    fn recover(&self) -> Result<()> {
+        let path = self.layout.journal();
+        let Some(bytes) = fsio::read_optional(&path)? else {
+            return Ok(());
+        };
+        let journal: Journal = serde_json::from_slice(&bytes).map_err(|e| {
+            StoreError::corrupt(format!("journal {}", path.display()), e.to_string())
+        })?;
+        log::warn!(
+            "finishing an interrupted store commit from {}",
+            path.display()
+        );
+        self.apply(&journal)
+    }
+
+    fn needs_recovery(&self) -> bool {
+        self.layout.journal().exists()
+    }
+}
+
+/// The entries of a directory, sorted; a missing directory is empty.
+pub fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::io("list", dir, e)),
+    };
+    let mut v = Vec::new();
+    for ent in rd {
+        let ent = ent.map_err(|e| StoreError::io("list", dir, e))?;
+        v.push(ent.path());
+    }
+    v.sort();
+    Ok(v)
+}

@@ -1,0 +1,195 @@
+//! File-system primitives: flock(2) locks, durable atomic writes, syncfs.
+
+use super::error::{Result, StoreError};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Lock modes of [`FileLock`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// An flock(2) lock on a file, released when dropped (or when the process dies, which is
+/// what makes `kill -9` safe).
+#[derive(Debug)]
+pub struct FileLock {
+    _file: File,
+}
+
+impl FileLock {
+    /// Wait for the lock.
+    pub fn acquire(path: &Path, mode: LockMode) -> Result<FileLock> {
+        Self::lock(path, mode, true)?.ok_or_else(|| {
+            StoreError::io(
+                "lock",
+                path,
+                std::io::Error::from(std::io::ErrorKind::WouldBlock),
+            )
+        })
+    }
+
+    /// Take the lock only if it is free right now.
+    pub fn try_acquire(path: &Path, mode: LockMode) -> Result<Option<FileLock>> {
+        Self::lock(path, mode, false)
+    }
+
+    fn lock(path: &Path, mode: LockMode, wait: bool) -> Result<Option<FileLock>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| not_writable_or_io("open lock file", path, e))?;
+        let mut op = match mode {
+            LockMode::Shared => libc::LOCK_SH,
+            LockMode::Exclusive => libc::LOCK_EX,
+        };
+        if !wait {
+            op |= libc::LOCK_NB;
+        }
+        loop {
+            // SAFETY: flock only reads its two integer arguments; the fd is owned by `file`,
+            // which lives across the call.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+            if rc == 0 {
+                return Ok(Some(FileLock { _file: file }));
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) if !wait => return Ok(None),
+                _ => return Err(StoreError::io("flock", path, err)),
+            }
+        }
+    }
+}
+
+/// Map permission and read-only-filesystem errors to [`StoreError::NotWritable`].
+pub fn not_writable_or_io(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) | Some(libc::ENOTDIR) => {
+            StoreError::NotWritable {
+                path: path.display().to_string(),
+                source: e,
+            }
+        }
+        _ => StoreError::io(what, path, e),
+    }
+}
+
+/// A unique file name for temporary files: `PREFIX-PID-RANDOM`.
+pub fn temp_name(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    )
+}
+
+/// fsync a directory, so that renames and creations in it are durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    let f = File::open(dir).map_err(|e| StoreError::io("open directory", dir, e))?;
+    f.sync_all()
+        .map_err(|e| StoreError::io("fsync directory", dir, e))
+}
+
+/// Flush every dirty page of the file system holding `path` (syncfs(2)): one call instead of
+/// one fsync per staged chunk.
+pub fn syncfs(path: &Path) -> Result<()> {
+    let f = File::open(path).map_err(|e| StoreError::io("open", path, e))?;
+    // SAFETY: syncfs only reads the fd, which `f` owns for the duration of the call.
+    let rc = unsafe { libc::syncfs(f.as_raw_fd()) };
+    if rc != 0 {
+        return Err(StoreError::io(
+            "syncfs",
+            path,
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Create `dir` and its parents.
+pub fn mkdirs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| not_writable_or_io("create directory", dir, e))
+}
+
+/// Write `bytes` to a new file `tmp_dir/…`, fsync it, rename it to `dest`, and fsync `dest`'s
+/// directory: readers see either the old file or the whole new one.
+pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = write_temp(tmp_dir, "write", bytes)?;
+    if let Err(e) = std::fs::rename(&tmp, dest) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::io("rename into", dest, e));
+    }
+    if let Some(parent) = dest.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Write `bytes` to a new fsynced file in `tmp_dir`; returns its path.
+pub fn write_temp(tmp_dir: &Path, prefix: &str, bytes: &[u8]) -> Result<PathBuf> {
+    let tmp = tmp_dir.join(temp_name(prefix));
+    let res = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(not_writable_or_io("write", &tmp, e));
+    }
+    Ok(tmp)
+}
+
+/// Read a whole file, or `None` if it does not exist.
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io("read", path, e)),
+    }
+}
+
+/// Remove a file; a missing file is fine. Returns whether it existed.
+pub fn remove_if_exists(path: &Path) -> Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StoreError::io("remove", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_and_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f.json");
+        write_atomic(dir.path(), &dest, b"one").unwrap();
+        write_atomic(dir.path(), &dest, b"two").unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        let lock = dir.path().join("lock");
+        let a = FileLock::acquire(&lock, LockMode::Shared).unwrap();
+        let b = FileLock::try_acquire(&lock, LockMode::Shared).unwrap();
+        assert!(b.is_some());
+        assert!(FileLock::try_acquire(&lock, LockMode::Exclusive)
+            .unwrap()
+            .is_none());
+        drop((a, b));
+        assert!(FileLock::try_acquire(&lock, LockMode::Exclusive)
+            .unwrap()
+            .is_some());
+        syncfs(dir.path()).unwrap();
+    }
+}

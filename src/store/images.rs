@@ -1,0 +1,485 @@
+//! Image operations: resolve, list, create, register, copy, share, modify, deregister.
+
+use super::accounts::{can_see, require_owner};
+use super::backend::{Collection, DocOp};
+use super::chunker::ChunkPlan;
+use super::error::{Result, StoreError};
+use super::filter::{self, ImageFilter, OwnerFilter};
+use super::ids::{AccountId, ImageId, SnapshotId};
+use super::manifest::{
+    self, device_name, gib_ceil, now_rfc3339, Architecture, BlockDeviceMapping, EbsBlockDevice,
+    Image, ImageState, KernelRef, GIB, MANIFEST_VERSION, ROOT_DEVICE_NAME,
+};
+use super::source::{self, SourceKind};
+use super::txn::to_json;
+use super::{Progress, Store};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// One extra disk of `image create`.
+#[derive(Debug, Clone)]
+pub struct VolumeSpec {
+    pub source: PathBuf,
+    pub read_only: bool,
+}
+
+/// Everything `image create` needs.
+#[derive(Debug, Clone)]
+pub struct CreateImageRequest {
+    pub owner: AccountId,
+    pub name: String,
+    pub description: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; [`manifest::DEFAULT_CMDLINE`] when `None`.
+    pub cmdline: Option<String>,
+    /// Root volume source: raw file, qcow2 image or directory.
+    pub root: PathBuf,
+    /// Root volume size in bytes: the file-system size for a directory source, else the
+    /// mapping's VolumeSize (at least the source's size).
+    pub root_size: Option<u64>,
+    /// Further disks, `/dev/vdb` onwards.
+    pub volumes: Vec<VolumeSpec>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// What `deregister_image` did with the image's snapshots.
+#[derive(Debug, Clone, Default)]
+pub struct DeregisterReport {
+    pub deleted_snapshots: Vec<SnapshotId>,
+    /// Snapshots kept although deletion was asked, and why.
+    pub kept_snapshots: Vec<(SnapshotId, String)>,
+}
+
+impl Store {
+    /// Find an image `caller` can see by id, or by name (a name several visible images share
+    /// resolves to the caller's own one if exactly one is theirs, else it is ambiguous).
+    pub fn resolve_image(&self, caller: &AccountId, id_or_name: &str) -> Result<Image> {
+        if id_or_name.starts_with(ImageId::PREFIX) {
+            let id = ImageId::parse(id_or_name)?;
+            return match self.image(&id) {
+                Ok(img) if can_see(caller, &img) => Ok(img),
+                Ok(_) | Err(StoreError::NotFound(_)) => Err(StoreError::NotFound(format!(
+                    "image {id} not found (or not visible to account {caller})"
+                ))),
+                Err(e) => Err(e),
+            };
+        }
+        let all = self.all_images()?;
+        let matches: Vec<&Image> = all
+            .iter()
+            .filter(|i| i.name == id_or_name && can_see(caller, i))
+            .collect();
+        let own: Vec<&&Image> = matches.iter().filter(|i| i.owner_id == *caller).collect();
+        match (matches.len(), own.len()) {
+            (0, _) => Err(StoreError::NotFound(format!(
+                "no image named '{id_or_name}' is visible to account {caller}"
+            ))),
+            (1, _) => Ok(matches[0].clone()),
+            (_, 1) => Ok((*own[0]).clone()),
+            _ => Err(StoreError::Ambiguous {
+                name: id_or_name.to_string(),
+                ids: matches.iter().map(|i| i.image_id.to_string()).collect(),
+            }),
+        }
+    }
+
+    /// Images `caller` can see, selected by `owner` and `filter`, oldest first.
+    pub fn list_images(
+        &self,
+        caller: &AccountId,
+        owner: &OwnerFilter,
+        filter: &ImageFilter,
+    ) -> Result<Vec<Image>> {
+        let all = self.all_images()?;
+        Ok(filter::select(&all, caller, owner, filter)
+            .into_iter()
+            .cloned()
+            .collect())
+    }
+
+    /// Refuse if `owner` already has an image called `name` (other than `except`).
+    pub fn check_name_free(
+        &self,
+        owner: &AccountId,
+        name: &str,
+        except: Option<&ImageId>,
+    ) -> Result<()> {
+        for img in self.all_images()? {
+            if img.owner_id == *owner && img.name == name && Some(&img.image_id) != except {
+                return Err(StoreError::NameTaken {
+                    owner: owner.to_string(),
+                    name: name.to_string(),
+                    id: img.image_id.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Create an image from a kernel and volume sources (`amivm image create`).
+    pub fn create_image(&self, req: &CreateImageRequest, progress: &dyn Progress) -> Result<Image> {
+        manifest::validate_name(&req.name)?;
+        manifest::validate_description(&req.description)?;
+        manifest::validate_tags(&req.tags)?;
+        let format = source::kernel_format(&req.kernel)?;
+        if let Some(i) = &req.initrd {
+            source::check_initrd(i)?;
+        }
+        let root_kind = source::detect(&req.root)?;
+        for v in &req.volumes {
+            source::detect(&v.source)?;
+        }
+        if req.volumes.len() >= 26 {
+            return Err(StoreError::Invalid(
+                "at most 25 extra volumes (/dev/vdb../dev/vdz)".into(),
+            ));
+        }
+        self.check_name_free(&req.owner, &req.name, None)?;
+
+        let mut txn = self.begin()?;
+        let kernel = txn.put_blob_file(&req.kernel)?;
+        let initrd = req
+            .initrd
+            .as_ref()
+            .map(|p| txn.put_blob_file(p))
+            .transpose()?;
+        let mut mappings = Vec::new();
+        let mut os = None;
+        let sources = std::iter::once((&req.root, false, true))
+            .chain(req.volumes.iter().map(|v| (&v.source, v.read_only, false)));
+        for (n, (src, read_only, is_root)) in sources.enumerate() {
+            let dev =
+                device_name(n).ok_or_else(|| StoreError::Invalid("too many volumes".into()))?;
+            let fs_size = if is_root && root_kind == SourceKind::Directory {
+                req.root_size
+            } else {
+                None
+            };
+            let scratch = txn.scratch_dir().to_path_buf();
+            let mut opened = source::open(src, fs_size, &scratch, is_root)?;
+            if is_root {
+                os = opened.os.take();
+            }
+            let chunks = super::chunker::chunk_volume(
+                &mut txn,
+                &mut *opened.reader,
+                ChunkPlan::All,
+                progress,
+            )?;
+            let size = opened.reader.size();
+            let desc = format!("{} of image {} from {}", dev, req.name, src.display());
+            let snap = txn.stage_snapshot(&req.owner, size, chunks, None, &desc)?;
+            let mut volume_size = gib_ceil(size);
+            if is_root && root_kind != SourceKind::Directory {
+                if let Some(want) = req.root_size {
+                    if want < size {
+                        return Err(StoreError::Invalid(format!(
+                            "--size {} GiB is smaller than the root volume ({size} bytes)",
+                            want as f64 / GIB as f64
+                        )));
+                    }
+                    volume_size = gib_ceil(want);
+                }
+            }
+            mappings.push(BlockDeviceMapping {
+                device_name: dev,
+                ebs: EbsBlockDevice {
+                    snapshot_id: snap.snapshot_id,
+                    volume_size,
+                    delete_on_termination: true,
+                    read_only,
+                },
+            });
+        }
+        let os = os.unwrap_or_default();
+        let image = Image {
+            manifest_version: MANIFEST_VERSION,
+            image_id: ImageId::generate(),
+            name: req.name.clone(),
+            description: req.description.clone(),
+            architecture: Architecture::X86_64,
+            owner_id: req.owner.clone(),
+            creation_date: now_rfc3339(),
+            state: ImageState::Available,
+            public: false,
+            launch_permissions: Vec::new(),
+            kernel: KernelRef {
+                blob: kernel,
+                format,
+            },
+            initrd,
+            kernel_command_line: req
+                .cmdline
+                .clone()
+                .unwrap_or_else(|| manifest::DEFAULT_CMDLINE.into()),
+            root_device_name: ROOT_DEVICE_NAME.into(),
+            block_device_mappings: mappings,
+            tags: req.tags.clone(),
+            source_image_id: None,
+            os_name: os.name,
+            os_version: os.version,
+        };
+        txn.put_image(&image)?;
+        txn.commit(|s| s.check_name_free(&image.owner_id, &image.name, None))?;
+        Ok(image)
+    }
+
+    /// Register a ready manifest (the instance module's create-image): its snapshots must
+    /// exist and its name be free for its owner. Id, date and state are taken as given.
+    pub fn register_image(&self, image: &Image) -> Result<ImageId> {
+        image.validate()?;
+        let mut txn = self.begin()?;
+        txn.put_image(image)?;
+        txn.commit(|s| s.check_register(image))?;
+        Ok(image.image_id.clone())
+    }
+
+    /// Checks before an image manifest becomes visible (run under the store lock).
+    pub fn check_register(&self, image: &Image) -> Result<()> {
+        if self.image(&image.image_id).is_ok() {
+            return Err(StoreError::Conflict(format!(
+                "image {} already exists",
+                image.image_id
+            )));
+        }
+        for s in image.snapshot_ids() {
+            if !self.has_snapshot(s)? {
+                return Err(StoreError::NotFound(format!("snapshot {s} not found")));
+            }
+        }
+        for b in image.blobs() {
+            if !self.backend().object_exists(super::ObjectNs::Blob, &b)? {
+                return Err(StoreError::NotFound(format!("blob {b} not found")));
+            }
+        }
+        self.check_name_free(&image.owner_id, &image.name, None)
+    }
+
+    /// A new image manifest for `owner` from existing parts, e.g. the snapshots of an
+    /// instance's volumes; stage it with [`super::Txn::put_image`] or pass it to
+    /// [`Store::register_image`].
+    pub fn image_from_snapshots(
+        &self,
+        owner: &AccountId,
+        name: &str,
+        description: &str,
+        base: &Image,
+        mappings: Vec<BlockDeviceMapping>,
+    ) -> Result<Image> {
+        manifest::validate_name(name)?;
+        manifest::validate_description(description)?;
+        let mut img = base.clone();
+        img.image_id = ImageId::generate();
+        img.name = name.to_string();
+        img.description = description.to_string();
+        img.owner_id = owner.clone();
+        img.creation_date = now_rfc3339();
+        img.state = ImageState::Available;
+        img.public = false;
+        img.launch_permissions.clear();
+        img.block_device_mappings = mappings;
+        img.source_image_id = Some(base.image_id.clone());
+        img.validate()?;
+        Ok(img)
+    }
+
+    /// Copy an image the caller can see: new image and snapshot manifests owned by the caller,
+    /// sharing every chunk and blob (no data is copied).
+    pub fn copy_image(
+        &self,
+        caller: &AccountId,
+        src: &Image,
+        name: &str,
+        description: Option<&str>,
+    ) -> Result<Image> {
+        if !can_see(caller, src) {
+            return Err(StoreError::NotFound(format!(
+                "image {} not found",
+                src.image_id
+            )));
+        }
+        manifest::validate_name(name)?;
+        self.check_name_free(caller, name, None)?;
+        let mut txn = self.begin()?;
+        let mut mappings = Vec::new();
+        for m in &src.block_device_mappings {
+            let s = self.snapshot(&m.ebs.snapshot_id)?;
+            let desc = format!(
+                "Copied for {name} from {} ({})",
+                s.snapshot_id, src.image_id
+            );
+            let copy = txn.stage_snapshot(
+                caller,
+                s.size_bytes,
+                s.chunks.clone(),
+                Some(&s.snapshot_id),
+                &desc,
+            )?;
+            let mut m = m.clone();
+            m.ebs.snapshot_id = copy.snapshot_id;
+            mappings.push(m);
+        }
+        let desc = description.unwrap_or(&src.description);
+        let image = self.image_from_snapshots(caller, name, desc, src, mappings)?;
+        txn.put_image(&image)?;
+        let sources: Vec<SnapshotId> = src.snapshot_ids().cloned().collect();
+        txn.commit(|s| {
+            for id in &sources {
+                if !s.has_snapshot(id)? {
+                    return Err(StoreError::NotFound(format!(
+                        "snapshot {id} was deleted during the copy"
+                    )));
+                }
+            }
+            s.check_name_free(caller, name, None)
+        })?;
+        Ok(image)
+    }
+
+    /// Change an image under the store lock, as its owner.
+    fn update_owned_image(
+        &self,
+        caller: &AccountId,
+        id: &ImageId,
+        action: &str,
+        f: impl FnOnce(&mut Image) -> Result<()>,
+    ) -> Result<Image> {
+        let _lock = self.lock()?;
+        let mut img = self.image(id)?;
+        if !can_see(caller, &img) {
+            return Err(StoreError::NotFound(format!(
+                "image {id} not found (or not visible to account {caller})"
+            )));
+        }
+        require_owner(caller, &img, action)?;
+        f(&mut img)?;
+        img.validate()?;
+        self.backend().commit_docs(vec![DocOp::Put {
+            collection: Collection::Images,
+            id: id.to_string(),
+            bytes: to_json(&img)?,
+        }])?;
+        Ok(img)
+    }
+
+    /// Grant launch permission to accounts, or make the image public.
+    pub fn share_image(
+        &self,
+        caller: &AccountId,
+        id: &ImageId,
+        accounts: &[AccountId],
+        public: bool,
+    ) -> Result<Image> {
+        self.update_owned_image(caller, id, "share", |img| {
+            for a in accounts {
+                if *a != img.owner_id && !img.launch_permissions.contains(a) {
+                    img.launch_permissions.push(a.clone());
+                }
+            }
+            img.launch_permissions.sort();
+            img.public |= public;
+            Ok(())
+        })
+    }
+
+    /// Revoke launch permissions, or make the image private.
+    pub fn unshare_image(
+        &self,
+        caller: &AccountId,
+        id: &ImageId,
+        accounts: &[AccountId],
+        public: bool,
+    ) -> Result<Image> {
+        self.update_owned_image(caller, id, "unshare", |img| {
+            img.launch_permissions.retain(|a| !accounts.contains(a));
+            if public {
+                img.public = false;
+            }
+            Ok(())
+        })
+    }
+
+    /// Change the description and tags.
+    pub fn modify_image(
+        &self,
+        caller: &AccountId,
+        id: &ImageId,
+        description: Option<&str>,
+        add_tags: &BTreeMap<String, String>,
+        remove_tags: &[String],
+    ) -> Result<Image> {
+        self.update_owned_image(caller, id, "modify", |img| {
+            if let Some(d) = description {
+                manifest::validate_description(d)?;
+                img.description = d.to_string();
+            }
+            for k in remove_tags {
+                img.tags.remove(k);
+            }
+            img.tags
+                .extend(add_tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+            manifest::validate_tags(&img.tags)
+        })
+    }
+
+    /// Deregister an image; with `delete_snapshots`, also delete its snapshots that the caller
+    /// owns and that no other image and no record uses.
+    pub fn deregister_image(
+        &self,
+        caller: &AccountId,
+        id: &ImageId,
+        delete_snapshots: bool,
+    ) -> Result<DeregisterReport> {
+        let _lock = self.lock()?;
+        let img = self.image(id)?;
+        if !can_see(caller, &img) {
+            return Err(StoreError::NotFound(format!(
+                "image {id} not found (or not visible to account {caller})"
+            )));
+        }
+        require_owner(caller, &img, "deregister")?;
+        let mut report = DeregisterReport::default();
+        let mut batch = vec![DocOp::Delete {
+            collection: Collection::Images,
+            id: id.to_string(),
+        }];
+        if delete_snapshots {
+            let others: Vec<Image> = self
+                .all_images()?
+                .into_iter()
+                .filter(|i| i.image_id != *id)
+                .collect();
+            let held = self.record_refs()?;
+            for sid in img.snapshot_ids() {
+                let why =
+                    if let Some(o) = others.iter().find(|o| o.snapshot_ids().any(|s| s == sid)) {
+                        Some(format!("used by image {}", o.image_id))
+                    } else if let Some(r) = held.snapshot_users.get(sid) {
+                        Some(format!("used by {r}"))
+                    } else {
+                        match self.snapshot(sid) {
+                            Ok(s) if s.owner_id != *caller => {
+                                Some(format!("owned by account {}", s.owner_id))
+                            }
+                            Ok(_) => None,
+                            Err(StoreError::NotFound(_)) => Some("already deleted".into()),
+                            Err(e) => return Err(e),
+                        }
+                    };
+                match why {
+                    Some(w) => report.kept_snapshots.push((sid.clone(), w)),
+                    None => {
+                        batch.push(DocOp::Delete {
+                            collection: Collection::Snapshots,
+                            id: sid.to_string(),
+                        });
+                        report.deleted_snapshots.push(sid.clone());
+                    }
+                }
+            }
+        }
+        self.backend().commit_docs(batch)?;
+        Ok(report)
+    }
+}
