@@ -1,0 +1,97 @@
+/*
+ * amivm test guest: the common C entry. Reads the boot information, prints the report (see
+ * README.md) and leaves the way the command line asks.
+ */
+#include "guest.h"
+
+/* The exit port (amivm; QEMU's isa-debug-exit with iobase=0xf4): one byte, the exit status. */
+#define EXIT_PORT 0xf4
+/* i8042 command port and its "pulse reset line" command (what Linux's reboot=k writes). */
+#define I8042_COMMAND 0x64
+#define I8042_RESET 0xfe
+
+/* The line amivm (and any log watcher) recognises as a guest kernel panic. */
+static const char PANIC_LINE[] = "Kernel panic - not syncing: test\n";
+
+const char *cmdline_value(const char *key, uptr *len)
+{
+	uptr klen = strlen(key);
+	const char *found = NULL;
+	const char *c = boot.cmdline;
+	while (*c) {
+		while (*c == ' ')
+			c++;
+		const char *word = c;
+		while (*c && *c != ' ')
+			c++;
+		if ((uptr)(c - word) > klen && str_starts(word, key) && word[klen] == '=') {
+			found = word + klen + 1;
+			*len = (uptr)(c - found);
+		}
+	}
+	return found;
+}
+
+static int value_is(const char *v, uptr len, const char *want)
+{
+	return len == strlen(want) && memcmp(v, want, len) == 0;
+}
+
+__attribute__((noreturn)) static void triple_fault(void)
+{
+	/* A zero-limit IDT turns any exception into #GP, #DF and then a shutdown. */
+	static const struct {
+		u16 limit;
+		u64 base;
+	} __attribute__((packed)) empty_idt = {0, 0};
+	__asm__ volatile("lidt %0" : : "m"(empty_idt));
+	/* A non-canonical address raises #GP (Intel SDM vol. 3A, 3.3.7.1). */
+	*(volatile u64 *)0x8000000000000000UL = 0;
+	halt_forever();
+}
+
+__attribute__((noreturn)) static void leave(u64 tsc_start)
+{
+	fact_dec("tsc_ticks", rdtsc() - tsc_start);
+	uptr len = 0;
+	const char *action = cmdline_value("exit", &len);
+	uptr code_len = 0;
+	const char *code_str = cmdline_value("exit_code", &code_len);
+	u64 code = 0;
+	if (code_str && !parse_u64(code_str, code_len, &code))
+		fact_str("cmdline_error", "bad exit_code");
+	if (action && value_is(action, len, "reset")) {
+		fact_str("exit", "reset");
+		outb(I8042_COMMAND, I8042_RESET);
+	} else if (action && value_is(action, len, "hang")) {
+		fact_str("exit", "hang");
+		for (;;)
+			cpu_relax();
+	} else if (action && value_is(action, len, "halt")) {
+		fact_str("exit", "halt");
+	} else if (action && value_is(action, len, "triple")) {
+		fact_str("exit", "triple");
+		triple_fault();
+	} else if (action && value_is(action, len, "panic")) {
+		fact_str("exit", "panic");
+		put_str(PANIC_LINE);
+	} else {
+		if (action)
+			fact_str("cmdline_error", "unknown exit action");
+		fact_dec("exit", code & 0xff);
+		outb(EXIT_PORT, (u8)code);
+	}
+	halt_forever();
+}
+
+void guest_main(int kind, uptr info)
+{
+	u64 tsc_start = rdtsc();
+	read_boot_info(kind, info);
+	serial_init();
+	report_boot_info();
+	report_cpuid();
+	report_mptable();
+	start_aps();
+	leave(tsc_start);
+}
