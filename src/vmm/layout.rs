@@ -8,6 +8,7 @@
 //! 0x0001_0000  left free (test guests put an AP trampoline here)
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  MP table (grows down for many vCPUs), ends at the EBDA end 0xa0000
+//! 0x000e_0000  ACPI tables: RSDP, DSDT, FADT, MADT, XSDT
 //! 0x0010_0000  kernel (HIMEM_START)
 //!   ...        initrd, placed high below the MMIO gap
 //! 0xc000_0000  MMIO gap: virtio-mmio devices from here, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
@@ -54,6 +55,9 @@ pub const EBDA_END: u64 = 0xa_0000;
 /// Where the MP table area starts when it fits in one KiB: the last KiB of base memory, one of
 /// the places the MP spec (1.4, section 4) says the floating pointer is searched for.
 pub const MPTABLE_START: u64 = 0x9_fc00;
+/// ACPI tables (RSDP first), in the BIOS area [0xe0000, 0x100000) that the ACPI spec (5.2.5.1)
+/// says an OS scans for the RSDP; the zero page and PVH start info also point at it.
+pub const ACPI_START: u64 = 0xe_0000;
 /// Start of high memory: kernels load here (Linux boot protocol `code32_start` default).
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap: guest RAM stops here and continues at 4 GiB.

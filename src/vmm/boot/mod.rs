@@ -13,7 +13,7 @@ use crate::vmm::layout::{
     PVH_MEMMAP_START, PVH_MODLIST_START, ZERO_PAGE_START,
 };
 use crate::vmm::memory::ram_ranges;
-use crate::vmm::x86_64::{gdt, mptable, paging, regs::EntryMode};
+use crate::vmm::x86_64::{acpi, gdt, mptable, paging, regs::EntryMode};
 use std::path::Path;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -44,6 +44,8 @@ pub enum BootError {
     Cmdline(#[from] cmdline::CmdlineError),
     #[error(transparent)]
     MpTable(#[from] mptable::MpTableError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     ZeroPage(#[from] zeropage::ZeroPageError),
     #[error(transparent)]
@@ -138,6 +140,9 @@ pub fn setup(mem: &GuestMemoryMmap, inp: &BootInputs) -> Result<BootSetup, BootE
     let mp = mptable::build(inp.vcpus, inp.cpu_signature)?;
     write_bytes(mem, "MP table", &mp.bytes, mp.start)?;
     let map = e820::build_e820(&ram_ranges(inp.mem_bytes), mp.start);
+    // ACPI tables, for kernels that only read the MADT.
+    let tables = acpi::build(inp.vcpus)?;
+    write_bytes(mem, "ACPI tables", &tables.bytes, tables.rsdp_addr)?;
 
     // GDT and identity page tables (used by the 64-bit entry; harmless for PVH).
     for (i, d) in gdt::boot_gdt().iter().enumerate() {
@@ -155,6 +160,7 @@ pub fn setup(mem: &GuestMemoryMmap, inp: &BootInputs) -> Result<BootSetup, BootE
                     cmdline_addr: CMDLINE_START,
                     cmdline_len: inp.cmdline.len() as u32,
                     initrd: initrd.map(|(a, s)| (a, s as u32)),
+                    rsdp_addr: tables.rsdp_addr,
                 },
                 &map,
             )?;
@@ -167,7 +173,7 @@ pub fn setup(mem: &GuestMemoryMmap, inp: &BootInputs) -> Result<BootSetup, BootE
             let entry = kernel
                 .pvh_entry
                 .ok_or(loader::LoaderError::NoPvhNote { path })?;
-            let info = pvh::build(CMDLINE_START, initrd, &map)?;
+            let info = pvh::build(CMDLINE_START, initrd, tables.rsdp_addr, &map)?;
             write(mem, "PVH start info", info.start_info, PVH_INFO_START)?;
             for (i, e) in info.memmap.iter().enumerate() {
                 write(mem, "PVH memory map", *e, PVH_MEMMAP_START + 24 * i as u64)?;

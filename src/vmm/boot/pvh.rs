@@ -31,6 +31,7 @@ pub struct PvhInfo {
 pub fn build(
     cmdline_addr: u64,
     initrd: Option<(u64, u64)>,
+    rsdp_addr: u64,
     e820: &[E820Entry],
 ) -> Result<PvhInfo, PvhError> {
     if e820.len() > PVH_MEMMAP_MAX_ENTRIES {
@@ -63,6 +64,7 @@ pub fn build(
             PVH_MODLIST_START
         },
         cmdline_paddr: cmdline_addr,
+        rsdp_paddr: rsdp_addr,
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: memmap.len() as u32,
         ..Default::default()
@@ -84,8 +86,9 @@ mod tests {
     #[test]
     fn start_info_points_at_memmap_and_initrd() {
         let map = build_e820(&ram_ranges(5120 << 20), MPTABLE_START);
-        let p = build(0x20000, Some((0x8000_0000, 4096)), &map).unwrap();
+        let p = build(0x20000, Some((0x8000_0000, 4096)), 0xe0000, &map).unwrap();
         assert_eq!(p.start_info.magic, 0x336ec578);
+        assert_eq!(p.start_info.rsdp_paddr, 0xe0000);
         assert_eq!(p.start_info.memmap_entries as usize, map.len());
         assert_eq!(p.memmap[3].addr, 1 << 32);
         assert_eq!(p.start_info.nr_modules, 1);
@@ -94,7 +97,7 @@ mod tests {
         assert!(PVH_INFO_START + 56 <= PVH_MEMMAP_START);
         assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= PVH_MODLIST_START);
         assert!(PVH_MODLIST_START + 32 <= ZERO_PAGE_START);
-        let none = build(0x20000, None, &map).unwrap();
+        let none = build(0x20000, None, 0, &map).unwrap();
         assert_eq!(
             (none.start_info.nr_modules, none.start_info.modlist_paddr),
             (0, 0)

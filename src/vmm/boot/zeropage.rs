@@ -32,6 +32,8 @@ pub struct ZeroPageInputs {
     pub cmdline_len: u32,
     /// Guest address and size of the initrd, if any.
     pub initrd: Option<(u64, u32)>,
+    /// Guest address of the ACPI RSDP (`acpi_rsdp_addr`, boot protocol 2.14), 0 for none.
+    pub rsdp_addr: u64,
 }
 
 /// Build the zero page. `hdr` is the bzImage's setup header, or `None` for an ELF kernel
@@ -64,6 +66,7 @@ pub fn build(
         p.ext_ramdisk_image = (addr >> 32) as u32;
         p.hdr.ramdisk_size = size;
     }
+    p.acpi_rsdp_addr = inputs.rsdp_addr;
     for (slot, e) in p.e820_table.iter_mut().zip(e820) {
         slot.addr = e.addr;
         slot.size = e.size;
@@ -94,6 +97,7 @@ mod tests {
                 cmdline_addr: CMDLINE_START,
                 cmdline_len: 10,
                 initrd: Some((0x7f0_0000, 0x1234)),
+                rsdp_addr: 0xe0000,
             },
             &map,
         )
@@ -107,6 +111,7 @@ mod tests {
         assert_eq!(field::<4>(&p, 0x21c), 0x1234u32.to_le_bytes());
         assert_eq!(field::<4>(&p, 0x228), (CMDLINE_START as u32).to_le_bytes());
         assert_eq!(field::<1>(&p, 0x1e8), [3]);
+        assert_eq!(field::<8>(&p, 0x070), 0xe0000u64.to_le_bytes());
         // First e820 entry at 0x2d0: addr 0, size 0x9fc00, type RAM.
         assert_eq!(field::<8>(&p, 0x2d8), 0x9fc00u64.to_le_bytes());
         assert_eq!(field::<4>(&p, 0x2e0), E820_RAM.to_le_bytes());
@@ -128,6 +133,7 @@ mod tests {
                 cmdline_addr: CMDLINE_START,
                 cmdline_len: 5,
                 initrd: None,
+                rsdp_addr: 0,
             },
             &[],
         )

@@ -46,7 +46,9 @@ impl Bus {
         if len == 0 {
             return Err(BusError::Empty(base));
         }
-        let end = base.checked_add(len).ok_or(BusError::Overlap { base, len })?;
+        let end = base
+            .checked_add(len)
+            .ok_or(BusError::Overlap { base, len })?;
         if let Some((&b, &(l, _))) = self.ranges.range(..end).next_back() {
             if b + l > base {
                 return Err(BusError::Overlap { base, len });
