@@ -71,8 +71,11 @@
 /* Where the AP trampoline goes: the VMM leaves [0x10000, 0x11000) free; SIPI vector 0x10. */
 #define AP_TRAMPOLINE_PADDR 0x10000UL
 #define AP_SIPI_VECTOR (AP_TRAMPOLINE_PADDR >> 12)
-/* How long the BSP waits for the APs, in TSC ticks (~1 s at 3 GHz, ~3 s at 1 GHz). */
-#define AP_WAIT_TSC 3000000000UL
+/*
+ * How long the BSP waits for the APs, in TSC ticks (~10 s at 3 GHz): generous, because on a
+ * loaded host an AP's vCPU thread may wait for a core; the wait ends as soon as all are up.
+ */
+#define AP_WAIT_TSC 30000000000UL
 
 extern const u8 ap_tramp_start[], ap_tramp_end[], ap_tramp_count[], ap_tramp_flags[];
 

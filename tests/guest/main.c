@@ -13,6 +13,21 @@
 /* The line amivm (and any log watcher) recognises as a guest kernel panic. */
 static const char PANIC_LINE[] = "Kernel panic - not syncing: test\n";
 
+/*
+ * An INT3 that KVM's instruction emulator cannot execute (an emulation failure,
+ * KVM_EXIT_INTERNAL_ERROR); under hardware virtualisation it raises #BP, which the zero-limit
+ * IDT turns into a triple fault. Either way the VMM must report a crash.
+ */
+extern const char guest_int3[];
+__asm__(".pushsection .text\n"
+	".globl guest_int3\n"
+	"guest_int3:\n"
+	"\tint3\n"
+	"1:\tcli\n"
+	"\thlt\n"
+	"\tjmp 1b\n"
+	".popsection\n");
+
 const char *cmdline_value(const char *key, uptr *len)
 {
 	uptr klen = strlen(key);
@@ -37,14 +52,19 @@ static int value_is(const char *v, uptr len, const char *want)
 	return len == strlen(want) && memcmp(v, want, len) == 0;
 }
 
-__attribute__((noreturn)) static void triple_fault(void)
+/* A zero-limit IDT turns any exception into #GP, #DF and then a shutdown (triple fault). */
+static void load_empty_idt(void)
 {
-	/* A zero-limit IDT turns any exception into #GP, #DF and then a shutdown. */
 	static const struct {
 		u16 limit;
 		u64 base;
 	} __attribute__((packed)) empty_idt = {0, 0};
 	__asm__ volatile("lidt %0" : : "m"(empty_idt));
+}
+
+__attribute__((noreturn)) static void triple_fault(void)
+{
+	load_empty_idt();
 	/* A non-canonical address raises #GP (Intel SDM vol. 3A, 3.3.7.1). */
 	*(volatile u64 *)0x8000000000000000UL = 0;
 	halt_forever();
@@ -72,6 +92,11 @@ __attribute__((noreturn)) static void leave(u64 tsc_start)
 	} else if (action && value_is(action, len, "triple")) {
 		fact_str("exit", "triple");
 		triple_fault();
+	} else if (action && value_is(action, len, "int3")) {
+		fact_hex("int3_rip", (uptr)guest_int3);
+		fact_str("exit", "int3");
+		load_empty_idt();
+		__asm__ volatile("jmp guest_int3");
 	} else if (action && value_is(action, len, "panic")) {
 		fact_str("exit", "panic");
 		put_str(PANIC_LINE);
