@@ -2,7 +2,9 @@
 
 use super::exit;
 use crate::vmm::boot::{cmdline, BootProtocol};
-use crate::vmm::{ConsoleConfig, VmConfig, VmExit, Vmm};
+use crate::vmm::devices::virtio::BlockConfig;
+use crate::vmm::{BlockDrive, ConsoleConfig, VmConfig, VmExit, Vmm};
+use crate::volume::DriveSpec;
 use anyhow::Context;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,6 +41,11 @@ pub struct BootArgs {
     /// Also write the guest's serial console to this file (appended).
     #[arg(long, value_name = "FILE")]
     pub serial_log: Option<PathBuf>,
+    /// A virtio block device: path=FILE[,ro][,overlay=FILE][,id=NAME]. Repeatable; the first is
+    /// the root device /dev/vda (root=/dev/vda is added unless the command line sets root=).
+    /// With overlay=, FILE is never written: writes go to the overlay file.
+    #[arg(long, value_name = "SPEC", value_parser = super::drive::parse_drive)]
+    pub drive: Vec<DriveSpec>,
     /// Entry protocol: linux (64-bit boot protocol, zero page) or pvh (ELF with a PVH note).
     #[arg(long, value_enum, default_value_t = BootProtocol::Linux)]
     pub boot_protocol: BootProtocol,
@@ -84,6 +91,25 @@ pub fn report_exit(exit: &VmExit) -> i32 {
     }
 }
 
+/// Open each `--drive` as a block backend.
+pub fn open_drives(specs: &[DriveSpec]) -> anyhow::Result<Vec<BlockDrive>> {
+    specs
+        .iter()
+        .map(|d| {
+            let backend = d
+                .open()
+                .with_context(|| format!("cannot open drive {}", d.path.display()))?;
+            Ok(BlockDrive {
+                config: BlockConfig {
+                    read_only: d.read_only,
+                    serial: backend.serial(),
+                },
+                backend,
+            })
+        })
+        .collect()
+}
+
 pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     let cmdline = cmdline::compose(args.cmdline.as_deref(), args.append.as_deref(), &[]);
     let config = VmConfig {
@@ -102,7 +128,8 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         },
         stop_grace: None,
     };
-    let vmm = Vmm::new(config).context("cannot start the VM")?;
+    let drives = open_drives(&args.drive)?;
+    let vmm = Vmm::new(config, drives).context("cannot start the VM")?;
     let exit = vmm.run().context("VM failed")?;
     Ok(report_exit(&exit))
 }

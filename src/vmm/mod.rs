@@ -1,5 +1,6 @@
 //! The KVM virtual machine monitor: `Vmm::new(VmConfig)` then `run()` gives a [`VmExit`].
 
+pub mod blockdevs;
 pub mod boot;
 pub mod console;
 pub mod devices;
@@ -10,6 +11,7 @@ pub mod vcpu;
 pub mod vm;
 pub mod x86_64;
 
+pub use blockdevs::BlockDrive;
 pub use vm::{ConsoleConfig, VmConfig, VmExit, Vmm};
 
 /// Errors building or running a VM.

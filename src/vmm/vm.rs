@@ -1,7 +1,8 @@
 //! The virtual machine: `Vmm::new(VmConfig)` builds it (KVM, memory, boot path, devices,
 //! vCPUs); `run()` runs it to a [`VmExit`].
 
-use super::boot::{self, BootProtocol};
+use super::blockdevs::{self, BlockDrive, Events};
+use super::boot::{self, cmdline, BootProtocol};
 use super::console::{spawn_stdin_forwarder, RawTerminal};
 use super::devices::bus::{Bus, SharedDevice};
 use super::devices::exit_port::{ExitPort, EXIT_PORT, EXIT_PORT_SIZE};
@@ -127,14 +128,16 @@ pub struct Vmm {
     rx: Receiver<VmEvent>,
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042>>,
+    device_events: Option<Events>,
     config: VmConfig,
     /// The boot path's results (entry point, memory map), for diagnostics.
     pub boot: boot::BootSetup,
 }
 
 impl Vmm {
-    /// Validate the configuration and build the VM.
-    pub fn new(config: VmConfig) -> Result<Vmm, VmmError> {
+    /// Validate the configuration and build the VM with `drives` as virtio block devices
+    /// (the first is the root device, `/dev/vda`).
+    pub fn new(mut config: VmConfig, drives: Vec<BlockDrive>) -> Result<Vmm, VmmError> {
         let kvm = open_kvm()?;
         let kerr = |step: &'static str| move |source| VmmError::Kvm { step, source };
         for (cap, name) in [
@@ -204,6 +207,23 @@ impl Vmm {
             // as long as the VM exists; its address and length come from the mapping itself.
             unsafe { vm.set_user_memory_region(r) }.map_err(kerr("KVM_SET_USER_MEMORY_REGION"))?;
         }
+
+        // Block devices, and the kernel arguments that announce them.
+        let mut mmio = Bus::new();
+        let mut device_events = Events::new().map_err(|e| VmmError::Device {
+            name: "event manager".into(),
+            why: format!("{e:?}"),
+        })?;
+        let root_ro = drives
+            .first()
+            .map(|d| d.config.read_only || d.backend.read_only());
+        let mut fragments = blockdevs::attach(&vm, &mem, &mut mmio, &mut device_events, drives)?;
+        if let Some(ro) = root_ro {
+            if !cmdline::has_param(&config.cmdline, "root") {
+                fragments.insert(0, format!("root=/dev/vda {}", if ro { "ro" } else { "rw" }));
+            }
+        }
+        config.cmdline = cmdline::compose(Some(&config.cmdline), None, &fragments);
 
         let (sig, features) = cpuid::signature_and_features(&supported);
         let boot = boot::setup(
@@ -279,11 +299,12 @@ impl Vmm {
             mem,
             vcpus,
             pio,
-            mmio: Bus::new(),
+            mmio,
             events,
             rx,
             serial,
             i8042,
+            device_events: Some(device_events),
             config,
             boot,
         })
@@ -299,9 +320,9 @@ impl Vmm {
         &self.mem
     }
 
-    /// The MMIO bus, for attaching virtio devices before `run`.
-    pub fn mmio_bus_mut(&mut self) -> &mut Bus {
-        &mut self.mmio
+    /// The kernel command line the guest gets (with the device arguments).
+    pub fn cmdline(&self) -> &str {
+        &self.config.cmdline
     }
 
     /// Run the guest until it ends, the timeout expires or the host stops it.
@@ -322,6 +343,15 @@ impl Vmm {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        let event_thread = match self.device_events.take() {
+            Some(ev) => Some(blockdevs::spawn_event_thread(ev, stop.clone()).map_err(
+                |source| VmmError::Io {
+                    what: "cannot start the device thread".into(),
+                    source,
+                },
+            )?),
+            None => None,
+        };
         for (id, vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
             let ctx = VcpuContext {
                 pio: self.pio.clone(),
@@ -351,6 +381,10 @@ impl Vmm {
             std::thread::sleep(Duration::from_millis(2));
         }
         for h in threads.into_iter().filter(|h| h.is_finished()) {
+            let _ = h.join();
+        }
+        // The device thread finishes the request it is serving, then sees `stop`.
+        if let Some(h) = event_thread {
             let _ = h.join();
         }
         use std::io::Write;

@@ -1,0 +1,85 @@
+//! Attaching virtio-blk devices: one MMIO window and one GSI each, the queue worker on the
+//! VMM's event thread, and the kernel arguments that tell Linux where they are.
+
+use super::devices::bus::{Bus, SharedDevice};
+use super::devices::virtio::{
+    cmdline_fragment, new_block, BlockConfig, MMIO_WINDOW_SIZE, NOTIFY_OFFSET,
+};
+use super::layout::{MAX_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
+use super::VmmError;
+use crate::volume::BlockBackend;
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use vm_memory::GuestMemoryMmap;
+
+/// How long the event thread waits per round before checking whether the VM ended.
+const EVENT_LOOP_TIMEOUT_MS: i32 = 100;
+
+/// One block device to attach: the first is the root device `/dev/vda`.
+pub struct BlockDrive {
+    pub backend: Box<dyn BlockBackend>,
+    pub config: BlockConfig,
+}
+
+/// The event manager type the VMM runs on its event thread.
+pub type Events = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+/// Attach `drives` to the MMIO bus and KVM; returns the kernel arguments to append.
+pub fn attach(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    events: &mut Events,
+    drives: Vec<BlockDrive>,
+) -> Result<Vec<String>, VmmError> {
+    let mut fragments = Vec::new();
+    let max = (MAX_GSI - VIRTIO_FIRST_GSI + 1) as usize;
+    if drives.len() > max {
+        return Err(VmmError::Config(format!(
+            "{} drives given; at most {max} are supported",
+            drives.len()
+        )));
+    }
+    for (i, drive) in drives.into_iter().enumerate() {
+        let name = format!("drive {i} ({})", drive.backend.serial());
+        let dev_err = |why: String| VmmError::Device {
+            name: name.clone(),
+            why,
+        };
+        let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
+        let gsi = VIRTIO_FIRST_GSI + i as u32;
+        let h = new_block(mem.clone(), drive.backend, drive.config)
+            .map_err(|e| dev_err(e.to_string()))?;
+        vm.register_ioevent(
+            &h.notify_evt,
+            &IoEventAddress::Mmio(base + NOTIFY_OFFSET),
+            NoDatamatch,
+        )
+        .map_err(|e| dev_err(format!("KVM_IOEVENTFD: {e}")))?;
+        vm.register_irqfd(&h.irq_evt, gsi)
+            .map_err(|e| dev_err(format!("KVM_IRQFD: {e}")))?;
+        events.add_subscriber(h.worker);
+        mmio.insert(h.bus_device as SharedDevice, base, MMIO_WINDOW_SIZE)?;
+        fragments.push(cmdline_fragment(base, gsi));
+    }
+    Ok(fragments)
+}
+
+/// Run the event manager on its own thread until `stop` is set.
+pub fn spawn_event_thread(
+    mut events: Events,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("virtio".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                if let Err(e) = events.run_with_timeout(EVENT_LOOP_TIMEOUT_MS) {
+                    log::error!("event loop: {e:?}");
+                    break;
+                }
+            }
+        })
+}
