@@ -3,6 +3,7 @@
 //! This is the only module that uses `anyhow`; everything below it returns typed errors.
 
 mod boot;
+mod drive;
 pub mod exit;
 mod image;
 
