@@ -1,0 +1,490 @@
+//! `amivm image ...`, `amivm snapshot ...` and `amivm gc`: the image-store commands.
+//!
+//! Each command opens the store (`--store`, else the default directory), works out the
+//! caller's account (`--account`, else `$AMIVM_ACCOUNT`, else the store's own), calls the
+//! store library and prints a text table or, with `--output json`, JSON. Errors go up to
+//! `cli::main`, which prints them on one line and exits with 125.
+
+mod progress;
+mod render;
+
+use super::{GlobalOpts, OutputFormat};
+use crate::store::images::DeregisterReport;
+use crate::store::manifest::{parse_tag, GIB};
+use crate::store::{
+    AccountId, CreateImageRequest, ImageFilter, ImageId, OwnerFilter, Store, VolumeSpec,
+};
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use progress::Bar;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Create an image from a kernel and a root volume (raw, qcow2 or directory).
+    Create(CreateArgs),
+    /// List images you own, images shared with you, and public images.
+    Ls(LsArgs),
+    /// Show one image (AMI = image id or unique name).
+    Show {
+        /// Image id or unique name.
+        ami: String,
+    },
+    /// Copy an image: a new image sharing all its data (nothing is copied).
+    Copy {
+        ami: String,
+        /// Name of the new image.
+        #[arg(long)]
+        name: String,
+        /// Description of the new image (default: the source's).
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Give accounts launch permission, or make the image public.
+    Share(ShareArgs),
+    /// Take launch permission away from accounts, or make the image private.
+    Unshare(ShareArgs),
+    /// Change an image's description or tags.
+    Modify {
+        ami: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// Add or replace a tag (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        /// Remove a tag (repeatable).
+        #[arg(long = "untag", value_name = "KEY")]
+        untags: Vec<String>,
+    },
+    /// Deregister an image; its snapshots stay unless --delete-snapshots.
+    Rm {
+        ami: String,
+        /// Also delete its snapshots that you own and nothing else uses.
+        #[arg(long)]
+        delete_snapshots: bool,
+    },
+    /// Write an image, its snapshots, chunks and blobs to a tar bundle.
+    Export {
+        ami: String,
+        /// The bundle to write.
+        #[arg(short = 'o', long = "output-file", value_name = "FILE.tar")]
+        out: PathBuf,
+    },
+    /// Import a bundle written by `image export`, verifying every hash first.
+    Import {
+        /// The bundle to read.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Image name: 3-128 letters, digits and ()[] ./-'@_
+    #[arg(long)]
+    name: String,
+    /// Kernel: an x86-64 ELF vmlinux or a bzImage.
+    #[arg(long, value_name = "FILE")]
+    kernel: PathBuf,
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line [default: console=ttyS0 root=/dev/vda rw].
+    #[arg(long, value_name = "S")]
+    cmdline: Option<String>,
+    /// Root volume (/dev/vda): a raw disk image, a qcow2 image or a directory.
+    #[arg(long, value_name = "SRC")]
+    root: PathBuf,
+    /// Extra volume, /dev/vdb onwards (repeatable).
+    #[arg(long = "volume", value_name = "SRC")]
+    volumes: Vec<PathBuf>,
+    /// Extra read-only volume, after the --volume ones (repeatable).
+    #[arg(long = "volume-ro", value_name = "SRC")]
+    volumes_ro: Vec<PathBuf>,
+    /// Root size in GiB (or with a unit: 512M, 2G): the file-system size for a directory,
+    /// else the root volume size (at least the source's).
+    #[arg(long, value_name = "GIB")]
+    size: Option<String>,
+    #[arg(long, default_value = "")]
+    description: String,
+    /// Tag (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    tags: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Whose images: self, all (everything visible to you), or an account id.
+    #[arg(long, default_value = "all")]
+    owner: String,
+    /// EC2-style filter NAME=VALUE (repeatable): name, image-id, state, is-public, owner-id,
+    /// architecture, description, tag:KEY, tag-key; values may use * and ?.
+    #[arg(long = "filter", value_name = "NAME=VALUE")]
+    filters: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShareArgs {
+    ami: String,
+    /// Account ids to grant or revoke (the global --account names you, the caller).
+    #[arg(value_name = "ACCOUNT_ID", required_unless_present = "public")]
+    accounts: Vec<String>,
+    /// Everyone (share) / no longer everyone (unshare).
+    #[arg(long)]
+    public: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// List snapshots you own or can reach through an image you can see.
+    Ls,
+    /// Show one snapshot.
+    Show { snapshot: String },
+    /// Delete a snapshot you own that no image or instance uses.
+    Rm { snapshot: String },
+    /// Write a snapshot's volume to a sparse raw file.
+    Dump {
+        snapshot: String,
+        #[arg(short = 'o', long = "output-file", value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// The opened store and the caller's account.
+fn open(g: &GlobalOpts) -> anyhow::Result<(Store, AccountId)> {
+    let dir = match &g.store {
+        Some(d) => d.clone(),
+        None => Store::default_dir()?,
+    };
+    let store = Store::open(&dir)?;
+    let caller = store.resolve_account(g.account.as_deref())?;
+    Ok((store, caller))
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// ext4's default block size (mke2fs.conf `blocksize = 4096`): `--size` is rounded up to it.
+const FS_BLOCK: u64 = 4096;
+
+/// Parse `--size`: a number of GiB, or a number with a K/M/G/T unit (binary), rounded up to
+/// a 4 KiB block.
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "g" | "gb" | "gib" => GIB,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => bail!("--size '{s}': unknown unit (use a number of GiB, or K, M, G, T)"),
+    };
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n > 0.0)
+        .with_context(|| format!("--size '{s}' is not a positive size"))?;
+    let bytes = (n * mult as f64).ceil() as u64;
+    Ok(bytes.div_ceil(FS_BLOCK) * FS_BLOCK)
+}
+
+fn parse_tags(tags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    Ok(tags
+        .iter()
+        .map(|t| parse_tag(t))
+        .collect::<Result<BTreeMap<_, _>, _>>()?)
+}
+
+fn parse_accounts(v: &[String]) -> anyhow::Result<Vec<AccountId>> {
+    Ok(v.iter()
+        .map(|a| AccountId::parse(a))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+pub fn run_image(cmd: ImageCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
+    let (store, caller) = open(g)?;
+    let json = g.output == OutputFormat::Json;
+    match cmd {
+        ImageCmd::Create(a) => {
+            let volumes = a
+                .volumes
+                .iter()
+                .map(|p| (p, false))
+                .chain(a.volumes_ro.iter().map(|p| (p, true)))
+                .map(|(p, ro)| VolumeSpec {
+                    source: p.clone(),
+                    read_only: ro,
+                })
+                .collect();
+            let req = CreateImageRequest {
+                owner: caller,
+                name: a.name,
+                description: a.description,
+                kernel: a.kernel,
+                initrd: a.initrd,
+                cmdline: a.cmdline,
+                root: a.root,
+                root_size: a.size.as_deref().map(parse_size).transpose()?,
+                volumes,
+                tags: parse_tags(&a.tags)?,
+            };
+            let img = store.create_image(&req, &Bar::stderr())?;
+            if json {
+                print_json(&json!({ "ImageId": img.image_id }))?;
+            } else {
+                println!("{}", img.image_id);
+            }
+        }
+        ImageCmd::Ls(a) => {
+            let owner = OwnerFilter::parse(&a.owner)?;
+            let filter = ImageFilter::parse(&a.filters)?;
+            let images = store.list_images(&caller, &owner, &filter)?;
+            if json {
+                print_json(&images)?;
+            } else {
+                print!("{}", render::image_table(&images, &caller));
+            }
+        }
+        ImageCmd::Show { ami } => {
+            let img = store.resolve_image(&caller, &ami)?;
+            if json {
+                print_json(&img)?;
+            } else {
+                let mut snaps = BTreeMap::new();
+                for id in img.snapshot_ids() {
+                    if let Ok(s) = store.snapshot(id) {
+                        snaps.insert(id.clone(), s);
+                    }
+                }
+                print!("{}", render::image_details(&img, &snaps, &caller));
+            }
+        }
+        ImageCmd::Copy {
+            ami,
+            name,
+            description,
+        } => {
+            let src = store.resolve_image(&caller, &ami)?;
+            let img = store.copy_image(&caller, &src, &name, description.as_deref())?;
+            if json {
+                print_json(&json!({ "ImageId": img.image_id, "SourceImageId": src.image_id }))?;
+            } else {
+                println!("{}", img.image_id);
+            }
+        }
+        ImageCmd::Share(a) | ImageCmd::Unshare(a) if a.accounts.is_empty() && !a.public => {
+            bail!("give account ids or --public")
+        }
+        ImageCmd::Share(a) => {
+            let id = store.resolve_image(&caller, &a.ami)?.image_id;
+            let img = store.share_image(&caller, &id, &parse_accounts(&a.accounts)?, a.public)?;
+            print_permissions(&img, json)?;
+        }
+        ImageCmd::Unshare(a) => {
+            let id = store.resolve_image(&caller, &a.ami)?.image_id;
+            let img = store.unshare_image(&caller, &id, &parse_accounts(&a.accounts)?, a.public)?;
+            print_permissions(&img, json)?;
+        }
+        ImageCmd::Modify {
+            ami,
+            description,
+            tags,
+            untags,
+        } => {
+            let id = store.resolve_image(&caller, &ami)?.image_id;
+            let img = store.modify_image(
+                &caller,
+                &id,
+                description.as_deref(),
+                &parse_tags(&tags)?,
+                &untags,
+            )?;
+            if json {
+                print_json(&img)?;
+            }
+        }
+        ImageCmd::Rm {
+            ami,
+            delete_snapshots,
+        } => {
+            let id = store.resolve_image(&caller, &ami)?.image_id;
+            let report = store.deregister_image(&caller, &id, delete_snapshots)?;
+            print_deregister(&id, &report, json)?;
+        }
+        ImageCmd::Export { ami, out } => {
+            let img = store.resolve_image(&caller, &ami)?;
+            let r = store.export_image(&caller, &img, &out, &Bar::stderr())?;
+            if json {
+                print_json(&json!({
+                    "ImageId": img.image_id, "File": out, "Bytes": r.bytes, "Chunks": r.chunks
+                }))?;
+            } else {
+                println!("{}", out.display());
+            }
+        }
+        ImageCmd::Import { file } => {
+            let img = store.import_bundle(&file, &Bar::stderr())?;
+            if json {
+                print_json(&json!({ "ImageId": img.image_id }))?;
+            } else {
+                println!("{}", img.image_id);
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn print_permissions(img: &crate::store::Image, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(&json!({
+            "ImageId": img.image_id,
+            "Public": img.public,
+            "LaunchPermissions": img.launch_permissions,
+        }));
+    }
+    let perms: Vec<String> = img
+        .launch_permissions
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    println!(
+        "{}: public={} launch-permissions={}",
+        img.image_id,
+        if img.public { "yes" } else { "no" },
+        if perms.is_empty() {
+            "-".into()
+        } else {
+            perms.join(",")
+        }
+    );
+    Ok(())
+}
+
+fn print_deregister(id: &ImageId, r: &DeregisterReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        let kept: Vec<_> = r
+            .kept_snapshots
+            .iter()
+            .map(|(s, why)| json!({ "SnapshotId": s, "Reason": why }))
+            .collect();
+        return print_json(&json!({
+            "ImageId": id, "DeletedSnapshots": r.deleted_snapshots, "KeptSnapshots": kept
+        }));
+    }
+    println!("deregistered {id}");
+    for s in &r.deleted_snapshots {
+        println!("deleted {s}");
+    }
+    for (s, why) in &r.kept_snapshots {
+        println!("kept {s}: {why}");
+    }
+    Ok(())
+}
+
+pub fn run_snapshot(cmd: SnapshotCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
+    let (store, caller) = open(g)?;
+    let json = g.output == OutputFormat::Json;
+    match cmd {
+        SnapshotCmd::Ls => {
+            let snaps = store.list_snapshots(&caller)?;
+            if json {
+                // Chunk lists can be long: `snapshot show` prints them.
+                let v: Vec<_> = snaps
+                    .iter()
+                    .map(|s| {
+                        let mut v = serde_json::to_value(s).unwrap_or_default();
+                        if let Some(o) = v.as_object_mut() {
+                            o.remove("Chunks");
+                            o.insert("ChunkCount".into(), s.chunks.len().into());
+                        }
+                        v
+                    })
+                    .collect();
+                print_json(&v)?;
+            } else {
+                print!(
+                    "{}",
+                    render::snapshot_table(&snaps, &store.snapshot_users()?)
+                );
+            }
+        }
+        SnapshotCmd::Show { snapshot } => {
+            let s = store.resolve_snapshot(&caller, &snapshot)?;
+            if json {
+                print_json(&s)?;
+            } else {
+                let users = store.snapshot_users()?;
+                print!(
+                    "{}",
+                    render::snapshot_details(&s, users.get(&s.snapshot_id))
+                );
+            }
+        }
+        SnapshotCmd::Rm { snapshot } => {
+            let s = store.resolve_snapshot(&caller, &snapshot)?;
+            store.delete_snapshot(&caller, &s.snapshot_id)?;
+            if json {
+                print_json(&json!({ "SnapshotId": s.snapshot_id, "Deleted": true }))?;
+            } else {
+                println!("deleted {}", s.snapshot_id);
+            }
+        }
+        SnapshotCmd::Dump { snapshot, out } => {
+            let s = store.resolve_snapshot(&caller, &snapshot)?;
+            store.dump_snapshot(&s, &out, &Bar::stderr())?;
+            if json {
+                print_json(&json!({ "SnapshotId": s.snapshot_id, "File": out }))?;
+            } else {
+                println!("{}", out.display());
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn run_gc(g: &GlobalOpts) -> anyhow::Result<i32> {
+    let (store, _) = open(g)?;
+    if store.gc_would_wait()? {
+        eprintln!("amivm: waiting for running image creates and imports to finish...");
+    }
+    let r = store.gc()?;
+    if g.output == OutputFormat::Json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "removed {} chunks ({}), {} blobs ({}), {} temporary entries ({}); kept {} chunks, {} blobs",
+            r.chunks_removed,
+            render::human(r.chunk_bytes_freed),
+            r.blobs_removed,
+            render::human(r.blob_bytes_freed),
+            r.temp_entries_removed,
+            render::human(r.temp_bytes_freed),
+            r.chunks_kept,
+            r.blobs_kept
+        );
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2").unwrap(), 2 * GIB);
+        assert_eq!(parse_size("0.5").unwrap(), GIB / 2);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1000K").unwrap(), 1000 << 10);
+        assert_eq!(parse_size("1K").unwrap(), 4096);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("3Q").is_err());
+    }
+}
