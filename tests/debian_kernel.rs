@@ -1,0 +1,145 @@
+//! Debian's stock cloud kernel through its early boot under `amivm boot`: the kernel's own
+//! lines show how it understood our boot protocol (command line, e820 map, CPUs).
+//!
+//! The vmlinux comes from `scripts/fetch-debian-kernel.sh` (run by `.ci/run`), found through
+//! `AMIVM_DEBIAN_VMLINUX` or at `.cache/debian-kernel/vmlinux`. On this project's hosts KVM
+//! runs the kernel through its instruction emulator, so the test reads the console as it
+//! streams and stops the VM once the lines it checks have appeared (~10 s of guest time); with
+//! hardware KVM the same lines come at once.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn debian_vmlinux() -> PathBuf {
+    let p = std::env::var_os("AMIVM_DEBIAN_VMLINUX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/debian-kernel/vmlinux")
+        });
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-debian-kernel.sh first (.ci/run does)",
+        p.display()
+    );
+    p
+}
+
+/// Parse `BIOS-e820: [mem 0x...-0x...] usable` lines into (start, end inclusive, kind).
+fn e820_lines(log: &str) -> Vec<(u64, u64, String)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("BIOS-e820: [mem ")? + 16..];
+            let (range, kind) = rest.split_once("] ")?;
+            let (a, b) = range.split_once('-')?;
+            Some((
+                u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()?,
+                u64::from_str_radix(b.trim_start_matches("0x"), 16).ok()?,
+                kind.trim().to_string(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn debian_kernel_reports_our_boot_protocol() {
+    let vmlinux = debian_vmlinux();
+    let marker = format!("amivm_marker={}", std::process::id());
+    let cmdline = format!("console=ttyS0 earlyprintk=ttyS0 noxsave reboot=k panic=1 {marker}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_amivm"))
+        .args(["boot", "--kernel"])
+        .arg(&vmlinux)
+        .args([
+            "--vcpus",
+            "2",
+            "--memory",
+            "512",
+            "--timeout",
+            "240",
+            "--cmdline",
+            &cmdline,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn amivm");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut log = String::new();
+    let mut ended = false;
+    while start.elapsed() < Duration::from_secs(300) {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains("smpboot: Allowing") {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    use std::io::Read;
+    let _ = child
+        .stderr
+        .take()
+        .map(|mut e| e.read_to_string(&mut stderr));
+    let ctx = format!(
+        "after {:.1?} (ended by itself: {ended}, {status:?}, stderr: {stderr})\n{log}",
+        start.elapsed()
+    );
+
+    let cmd_line = log
+        .lines()
+        .find(|l| l.contains("Command line:"))
+        .unwrap_or_else(|| panic!("no Command line: {ctx}"));
+    assert!(cmd_line.contains(&marker), "marker missing: {ctx}");
+
+    let map = e820_lines(&log);
+    assert!(!map.is_empty(), "no BIOS-e820 lines: {ctx}");
+    let usable: u64 = map
+        .iter()
+        .filter(|e| e.2 == "usable")
+        .map(|e| e.1 - e.0 + 1)
+        .sum();
+    // 512 MiB minus the holes amivm documents: [0x9fc00, 0x100000) (the MP table area and the
+    // legacy VGA/BIOS hole).
+    assert_eq!(
+        usable,
+        (512 << 20) - (0x100000 - 0x9fc00),
+        "usable RAM: {ctx}"
+    );
+    assert!(
+        map.iter().any(|e| e.0 == 0x9fc00 && e.2 == "reserved"),
+        "MP table area not reserved: {ctx}"
+    );
+
+    assert!(log.contains("smpboot: Allowing 2 CPUs"), "CPU count: {ctx}");
+    // This kernel is built without CONFIG_X86_MPPARSE: it counts CPUs from our ACPI MADT.
+    assert!(
+        log.contains("ACPI: Using ACPI (MADT) for SMP configuration information"),
+        "MADT: {ctx}"
+    );
+    assert!(
+        log.contains("Hypervisor detected: KVM"),
+        "hypervisor: {ctx}"
+    );
+}
