@@ -105,6 +105,10 @@ int str_starts(const char *s, const char *prefix);
 int parse_u64(const char *s, uptr len, u64 *out);
 /* FNV-1a 64 over little-endian 64-bit words; len is rounded up with zero bytes. */
 u64 sum64(const void *p, uptr len);
+/* FNV-1a 64-bit offset basis: the initial value for sum64_update. */
+#define FNV64_OFFSET 0xcbf29ce484222325UL
+/* Continues sum64 over more bytes (all but the last piece must be multiples of 8 bytes). */
+u64 sum64_update(u64 h, const void *p, uptr len);
 
 /* serial.c: COM1 output and the report. */
 void serial_init(void);
@@ -127,8 +131,13 @@ void report_cpuid(void);
 void report_mptable(void);
 void start_aps(void);
 
-/* Finds word `key=` on the command line; returns its value (up to a space) or NULL. */
+/* blk.c: the virtio-mmio block driver, run for the command line's blk= words. */
+void run_blk_commands(void);
+
+/* Finds the last word `key=` on the command line; returns its value (up to a space) or NULL. */
 const char *cmdline_value(const char *key, uptr *len);
+/* The same for the n-th (from 0) such word. */
+const char *cmdline_nth_value(const char *key, u32 n, uptr *len);
 
 #endif /* __ASSEMBLER__ */
 #endif

@@ -74,13 +74,11 @@ int parse_u64(const char *s, uptr len, u64 *out)
 }
 
 /* FNV-1a 64-bit offset basis and prime (http://www.isthe.com/chongo/tech/comp/fnv/). */
-#define FNV64_OFFSET 0xcbf29ce484222325UL
 #define FNV64_PRIME 0x100000001b3UL
 
-u64 sum64(const void *p, uptr len)
+u64 sum64_update(u64 h, const void *p, uptr len)
 {
 	const u8 *b = p;
-	u64 h = FNV64_OFFSET;
 	uptr i = 0;
 	for (; i + 8 <= len; i += 8) {
 		h ^= *(const u64 *)(b + i);
@@ -95,3 +93,5 @@ u64 sum64(const void *p, uptr len)
 	}
 	return h;
 }
+
+u64 sum64(const void *p, uptr len) { return sum64_update(FNV64_OFFSET, p, len); }

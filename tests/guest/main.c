@@ -28,10 +28,9 @@ __asm__(".pushsection .text\n"
 	"\tjmp 1b\n"
 	".popsection\n");
 
-const char *cmdline_value(const char *key, uptr *len)
+const char *cmdline_nth_value(const char *key, u32 n, uptr *len)
 {
 	uptr klen = strlen(key);
-	const char *found = NULL;
 	const char *c = boot.cmdline;
 	while (*c) {
 		while (*c == ' ')
@@ -39,10 +38,21 @@ const char *cmdline_value(const char *key, uptr *len)
 		const char *word = c;
 		while (*c && *c != ' ')
 			c++;
-		if ((uptr)(c - word) > klen && str_starts(word, key) && word[klen] == '=') {
-			found = word + klen + 1;
-			*len = (uptr)(c - found);
+		if ((uptr)(c - word) > klen && str_starts(word, key) && word[klen] == '=' && n-- == 0) {
+			*len = (uptr)(c - word) - klen - 1;
+			return word + klen + 1;
 		}
+	}
+	return NULL;
+}
+
+const char *cmdline_value(const char *key, uptr *len)
+{
+	const char *found = NULL, *v;
+	uptr l;
+	for (u32 n = 0; (v = cmdline_nth_value(key, n, &l)) != NULL; n++) {
+		found = v;
+		*len = l;
 	}
 	return found;
 }
@@ -118,5 +128,6 @@ void guest_main(int kind, uptr info)
 	report_cpuid();
 	report_mptable();
 	start_aps();
+	run_blk_commands();
 	leave(tsc_start);
 }
