@@ -109,6 +109,28 @@ fn snapshot_view_is_a_read_only_block_backend() {
         Err(VolumeError::OutOfRange { .. })
     ));
     assert!(matches!(view.write_at(&buf, 0), Err(VolumeError::ReadOnly)));
+
+    // A larger volume over the same snapshot: the tail reads as zeros, across the short last
+    // chunk too.
+    let size = bytes.len() as u64;
+    let mut big = store
+        .snapshot_view(snap)
+        .unwrap()
+        .with_size(size + (3 << 20))
+        .unwrap();
+    assert_eq!(big.size(), size + (3 << 20));
+    let mut tail = vec![0xAAu8; 16384];
+    big.read_at(&mut tail, 10 * CHUNK_SIZE).unwrap();
+    assert_eq!(tail[..8192], bytes[10 * CHUNK_SIZE as usize..]);
+    assert!(tail[8192..].iter().all(|b| *b == 0));
+    let mut end = vec![0xAAu8; 4096];
+    big.read_at(&mut end, size + (3 << 20) - 4096).unwrap();
+    assert!(end.iter().all(|b| *b == 0));
+    assert!(store
+        .snapshot_view(snap)
+        .unwrap()
+        .with_size(size - 512)
+        .is_err());
 }
 
 #[test]

@@ -559,3 +559,36 @@ fn errors_are_one_line_and_leave_the_store_unchanged() {
     assert!(err.contains("not writable"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1);
 }
+
+#[test]
+fn os_release_is_read_from_a_raw_ext4_root() {
+    let env = Env::new();
+    let root = rootfs(&env);
+    let img = env.path("root.ext4");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ami = env.create(Some(OWNER), "raw ext4", &img, &[]);
+    let v = env.json(Some(OWNER), &["image", "show", &ami]);
+    // /etc/os-release is a relative symlink here: the /usr/lib copy is found.
+    assert_eq!(v["OsName"], "Amivm Test Linux");
+    assert_eq!(v["OsVersion"], "7.1");
+    // A disk that is not a file system simply has no OS fields.
+    let blank = env.path("blank.raw");
+    make_disk(&blank, 2 * CHUNK, &[(1, 5)]);
+    let ami = env.create(Some(OWNER), "no fs", &blank, &[]);
+    let v = env.json(Some(OWNER), &["image", "show", &ami]);
+    assert!(v["OsName"].is_null());
+}

@@ -245,6 +245,7 @@ impl Store {
     }
 
     /// A read-only block device over a snapshot: reads return the chunk's bytes, or zeros.
+    /// Use [`SnapshotView::with_size`] to present a mapping's larger `VolumeSize`.
     pub fn snapshot_view(&self, id: &SnapshotId) -> Result<SnapshotView> {
         SnapshotView::new(self.backend.clone(), self.snapshot(id)?)
     }

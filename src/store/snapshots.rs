@@ -92,6 +92,25 @@ impl Txn<'_> {
     }
 }
 
+/// The chunk indices that hold any of `blocks` (indices of `block_size`-byte blocks, e.g. a
+/// copy-on-write overlay's dirty 4 KiB blocks): the `dirty_chunks` argument of
+/// [`Store::create_snapshot_incremental`]. Sorted, without duplicates.
+pub fn dirty_chunks_from_blocks(
+    blocks: impl IntoIterator<Item = u64>,
+    block_size: u64,
+) -> Vec<u64> {
+    let mut v: Vec<u64> = blocks
+        .into_iter()
+        .flat_map(|b| {
+            let start = b * block_size;
+            start / CHUNK_SIZE..=(start + block_size.max(1) - 1) / CHUNK_SIZE
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// Who uses a snapshot.
 #[derive(Debug, Clone, Default)]
 pub struct SnapshotUsers {
@@ -229,5 +248,22 @@ impl Store {
             let _ = std::fs::remove_file(&tmp);
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirty_blocks_to_chunks() {
+        // 4 KiB blocks: 128 per chunk.
+        assert_eq!(
+            dirty_chunks_from_blocks([0, 1, 127, 128, 1000], 4096),
+            vec![0, 1, 7]
+        );
+        // A block size that does not divide the chunk size can straddle two chunks.
+        assert_eq!(dirty_chunks_from_blocks([1], CHUNK_SIZE - 512), vec![0, 1]);
+        assert!(dirty_chunks_from_blocks([], 4096).is_empty());
     }
 }

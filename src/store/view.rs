@@ -21,6 +21,9 @@ const SERIAL_MAX: usize = 20;
 pub struct SnapshotView {
     backend: Arc<dyn ObjectStore>,
     snap: Snapshot,
+    /// The size the view presents: the snapshot's, or more (reads past the snapshot's end
+    /// return zeros), for a volume larger than its snapshot.
+    size: u64,
     open: Vec<(ContentHash, Box<dyn ObjectReader>)>,
 }
 
@@ -39,9 +42,24 @@ impl SnapshotView {
         snap.validate()?;
         Ok(SnapshotView {
             backend,
+            size: snap.size_bytes,
             snap,
             open: Vec::new(),
         })
+    }
+
+    /// Present a volume of `size` bytes (at least the snapshot's, whole sectors): what an
+    /// instance gets when a mapping's `VolumeSize` exceeds the snapshot. The bytes past the
+    /// snapshot's end read as zeros.
+    pub fn with_size(mut self, size: u64) -> Result<Self> {
+        if size < self.snap.size_bytes || !size.is_multiple_of(super::snapshot::SECTOR_SIZE) {
+            return Err(StoreError::Invalid(format!(
+                "volume size {size} must be a multiple of 512 and at least the snapshot's {} bytes",
+                self.snap.size_bytes
+            )));
+        }
+        self.size = size;
+        Ok(self)
     }
 
     /// The snapshot behind the view.
@@ -71,7 +89,7 @@ impl SnapshotView {
     }
 
     fn read_inner(&mut self, buf: &mut [u8], offset: u64) -> Result<(), VolumeError> {
-        let size = self.snap.size_bytes;
+        let size = self.size;
         let len = buf.len() as u64;
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(VolumeError::OutOfRange { offset, len, size });
@@ -83,17 +101,21 @@ impl SnapshotView {
             let within = pos % CHUNK_SIZE;
             let n = ((CHUNK_SIZE - within) as usize).min(buf.len() - done);
             let out = &mut buf[done..done + n];
+            // Bytes of this chunk that the snapshot holds (its last chunk may be short, and a
+            // view larger than the snapshot has no chunks past its end).
+            let stored = (self.snap.chunk_len(index).saturating_sub(within) as usize).min(n);
             match self.chunk_hash(index) {
-                None => out.fill(0),
-                Some(h) => {
+                Some(h) if stored > 0 => {
                     let reader = self.reader(&h).map_err(|e| io_err(&h, e))?;
                     reader
-                        .read_exact_at(out, within)
+                        .read_exact_at(&mut out[..stored], within)
                         .map_err(|e| VolumeError::Io {
                             what: format!("read chunk {h}"),
                             source: e,
                         })?;
+                    out[stored..].fill(0);
                 }
+                _ => out.fill(0),
             }
             done += n;
         }
@@ -110,7 +132,7 @@ fn io_err(h: &ContentHash, e: StoreError) -> VolumeError {
 
 impl BlockBackend for SnapshotView {
     fn size(&self) -> u64 {
-        self.snap.size_bytes
+        self.size
     }
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), VolumeError> {

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Benchmark of the image store (issue 4). Not a timed test: it prints figures.
+#
+#   scripts/bench-store.sh [RUNS]          (default 5 runs; medians are reported)
+#
+# - `amivm image create` from a 2 GiB sparse raw file holding 10 % non-zero data, against the
+#   baseline `cp --sparse=always` of the same file (and cp followed by `sync`, since
+#   `image create` makes its data durable before it commits);
+# - `amivm image copy` of that image;
+# - store growth after a second, identical `image create`.
+#
+# Environment: AMIVM_BIN (default: build target-store/release/amivm), BENCH_DIR (scratch
+# space, default a temporary directory on the same file system as the repo), SIZE_MIB (2048),
+# DATA_PERCENT (10).
+set -euo pipefail
+
+RUNS=${1:-5}
+SIZE_MIB=${SIZE_MIB:-2048}
+DATA_PERCENT=${DATA_PERCENT:-10}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+
+if [[ -z "${AMIVM_BIN:-}" ]]; then
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target-store}
+    (cd "$REPO" && cargo build --release --quiet --bin amivm)
+    AMIVM_BIN=$CARGO_TARGET_DIR/release/amivm
+fi
+WORK=${BENCH_DIR:-$(mktemp -d "$REPO/target-store/bench.XXXXXX" 2>/dev/null || mktemp -d)}
+mkdir -p "$WORK"
+trap 'rm -rf "$WORK"' EXIT
+
+now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+store_kib() { du -sk "$1" | cut -f1; }
+
+echo "== setup: ${SIZE_MIB} MiB sparse raw file, ${DATA_PERCENT}% non-zero (1 MiB extents of random data)"
+SRC=$WORK/disk.raw
+python3 - "$SRC" "$SIZE_MIB" "$DATA_PERCENT" <<'EOF'
+import os, sys
+path, size_mib, pct = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+mib = 1 << 20
+with open(path, "wb") as f:
+    f.truncate(size_mib * mib)
+    step = max(1, round(100 / pct))          # one 1 MiB extent every `step` MiB
+    for m in range(0, size_mib, step):
+        f.seek(m * mib)
+        f.write(os.urandom(mib))
+EOF
+python3 -c "import struct,sys; h=bytearray(64); h[0:4]=b'\x7fELF'; h[4]=2; h[18:20]=struct.pack('<H',62); open(sys.argv[1],'wb').write(bytes(h))" "$WORK/vmlinux"
+echo "   apparent $(du -k --apparent-size "$SRC" | cut -f1) KiB, allocated $(du -k "$SRC" | cut -f1) KiB"
+echo "   amivm: $AMIVM_BIN"
+echo "   runs: $RUNS"
+
+create_t=(); cp_t=(); cpsync_t=(); copy_t=(); second_t=(); growth=()
+for run in $(seq 1 "$RUNS"); do
+    S=$WORK/store-$run
+    # Baseline first, then amivm, on the same warm page cache.
+    t0=$(now); cp --sparse=always "$SRC" "$WORK/copy.raw"; t1=$(now)
+    cp_t+=("$(echo "$t1 - $t0" | bc)")
+    rm -f "$WORK/copy.raw"
+    t0=$(now); cp --sparse=always "$SRC" "$WORK/copy.raw"; sync "$WORK/copy.raw"; t1=$(now)
+    cpsync_t+=("$(echo "$t1 - $t0" | bc)")
+    rm -f "$WORK/copy.raw"
+
+    t0=$(now)
+    AMI=$("$AMIVM_BIN" --store "$S" --account 123456789012 image create --name bench --kernel "$WORK/vmlinux" --root "$SRC")
+    t1=$(now)
+    create_t+=("$(echo "$t1 - $t0" | bc)")
+
+    t0=$(now)
+    "$AMIVM_BIN" --store "$S" --account 123456789012 image copy "$AMI" --name bench-copy >/dev/null
+    t1=$(now)
+    copy_t+=("$(echo "($t1 - $t0) * 1000" | bc)")
+
+    before=$(store_kib "$S")
+    t0=$(now)
+    "$AMIVM_BIN" --store "$S" --account 123456789012 image create --name bench-again --kernel "$WORK/vmlinux" --root "$SRC" >/dev/null
+    t1=$(now)
+    second_t+=("$(echo "$t1 - $t0" | bc)")
+    after=$(store_kib "$S")
+    growth+=("$((after - before))")
+    store_size=$after
+    printf '   run %d: create %.3f s, cp %.3f s, cp+sync %.3f s, copy %.1f ms, 2nd create %.3f s, growth %d KiB\n' \
+        "$run" "${create_t[-1]}" "${cp_t[-1]}" "${cpsync_t[-1]}" "${copy_t[-1]}" "${second_t[-1]}" "${growth[-1]}"
+    rm -rf "$S"
+done
+
+m_create=$(printf '%s\n' "${create_t[@]}" | median)
+m_cp=$(printf '%s\n' "${cp_t[@]}" | median)
+m_cpsync=$(printf '%s\n' "${cpsync_t[@]}" | median)
+m_copy=$(printf '%s\n' "${copy_t[@]}" | median)
+m_second=$(printf '%s\n' "${second_t[@]}" | median)
+m_growth=$(printf '%s\n' "${growth[@]}" | median)
+echo
+echo "== medians over $RUNS runs"
+printf 'image create (2 GiB, %d%% data)   %8.3f s\n' "$DATA_PERCENT" "$m_create"
+printf 'cp --sparse=always                %8.3f s   ratio create/cp       %.2f\n' "$m_cp" "$(echo "$m_create / $m_cp" | bc -l)"
+printf 'cp --sparse=always + sync         %8.3f s   ratio create/cp+sync  %.2f\n' "$m_cpsync" "$(echo "$m_create / $m_cpsync" | bc -l)"
+printf 'image copy                        %8.1f ms\n' "$m_copy"
+printf 'second identical image create     %8.3f s   (no chunk written)\n' "$m_second"
+printf 'store growth on 2nd create        %8d KiB  (store %d KiB after both)\n' "$m_growth" "$store_size"
