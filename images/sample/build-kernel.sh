@@ -119,7 +119,7 @@ while IFS= read -r line; do
     esac
     opt=${want#\# }
     opt=${opt%%[= ]*}
-    have=$(grep -E "^(# )?$opt[= ]" "$obj/.config" || true)
+    have=$(grep -E "^(# )?${opt}[= ]" "$obj/.config" || true)
     if [ "$want" != "$have" ] && ! { [[ $want == "# "* ]] && [ -z "$have" ]; }; then
         log "config mismatch: wanted '$want', got '${have:-<absent>}'"
         bad=1

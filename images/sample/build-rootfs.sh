@@ -114,7 +114,7 @@ EOF
 rm -rf "$out.tmp/bb"
 
 # -d copies the tree in without root or a loop mount; root_owner makes / root's even for a user build.
-mkfs.ext4 -q -F -L amivm-root -E root_owner=0:0 -d "$r" "$out.tmp/rootfs.ext4" "$EXT4_SIZE" >&2 ||
+mkfs.ext4 -q -F -L amivm-root -E root_owner=0:0 -d "$r" "$out.tmp/rootfs.ext4" "$EXT4_SIZE" >/dev/null ||
     die "mkfs.ext4 failed"
 rm -rf "$out"
 mv "$out.tmp" "$out"

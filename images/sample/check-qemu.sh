@@ -39,7 +39,7 @@ image() {
         case ${1#*=} in "#!"*) chmod +x "$r/etc/amivm/smoke.d/${1%%=*}" ;; esac
         shift
     done
-    mkfs.ext4 -q -F -E root_owner=0:0 -d "$r" "$work/$name.ext4" 64M 2>/dev/null
+    mkfs.ext4 -q -F -E root_owner=0:0 -d "$r" "$work/$name.ext4" 64M >/dev/null
 }
 
 failures=0

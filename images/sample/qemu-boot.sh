@@ -21,7 +21,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../../scripts/lib/common.sh
 . "$here/../../scripts/lib/common.sh"
 
-machine=microvm,x-option-roms=off,rtc=off,acpi=off disk= append= vcpus=1 memory=128 timeout=120 until= accel=kvm kernel=
+machine=microvm,x-option-roms=off,rtc=off,acpi=off
+disk='' append='' vcpus=1 memory=128 timeout=120 until='' accel=kvm kernel=''
 while [ $# -gt 0 ]; do
     case $1 in
     --disk) disk=$2 && shift ;;
@@ -45,10 +46,12 @@ if [ -z "$append" ]; then
     append="console=ttyS0 earlyprintk=ttyS0 noxsave reboot=k panic=1"
     [ -n "$disk" ] && append="$append root=/dev/vda rw"
 fi
+# shellcheck disable=SC2054 # the commas are QEMU option syntax
 args=(-M "$machine" -accel "$accel" -cpu qemu64,-xsave,-cx16
     -smp "$vcpus" -m "$memory" -nodefaults -no-user-config -display none -serial stdio -no-reboot
     -device isa-debug-exit,iobase=0xf4,iosize=1 -kernel "$kernel" -append "$append")
 if [ -n "$disk" ]; then
+    # shellcheck disable=SC2054
     args+=(-device virtio-blk-device,drive=d0 -drive "id=d0,file=$disk,format=raw,if=none")
 fi
 log "qemu-system-x86_64 ${args[*]}"

@@ -142,7 +142,9 @@ elf_has_pvh_note() {
     return 1
 }
 
-# extract_vmlinux BZIMAGE OUT: writes the kernel ELF inside BZIMAGE to OUT and logs what it found.
+# extract_vmlinux BZIMAGE OUT: writes the kernel ELF inside BZIMAGE to OUT and logs what it found;
+# sets BZ_PAYLOAD_FORMAT to the payload's compressor.
+BZ_PAYLOAD_FORMAT=
 extract_vmlinux() {
     local bz=$1 out=$2 setup_sects version poff plen start fmt tmp expect got end
     [ "$(le_u 4 "$bz" $BZ_HEADER_OFF)" = "$BZ_HDRS_MAGIC" ] || die "$bz: no HdrS setup header: not a bzImage"
@@ -156,6 +158,8 @@ extract_vmlinux() {
     start=$(((setup_sects + 1) * BZ_SECTOR + poff))
     [ $((start + plen)) -le "$(stat -c %s "$bz")" ] || die "$bz: payload runs past the end of the file"
     fmt=$(payload_format "$(hex_at "$bz" "$start" 6)")
+    # shellcheck disable=SC2034 # read by the scripts that source this file
+    BZ_PAYLOAD_FORMAT=$fmt
     log "bzImage: boot protocol $((version >> 8)).$((version & 255)), setup $setup_sects sectors," \
         "$fmt payload of $plen bytes at offset $start"
     [ "$fmt" = unknown ] && die "$bz: unrecognised payload magic $(hex_at "$bz" "$start" 6)"
