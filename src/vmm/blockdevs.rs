@@ -8,11 +8,14 @@ use super::devices::virtio::{
 use super::layout::{MAX_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 use super::VmmError;
 use crate::volume::BlockBackend;
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use event_manager::{
+    EventManager, EventOps, EventSet, Events as EventsOf, MutEventSubscriber, SubscriberOps,
+};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 /// How long the event thread waits per round before checking whether the VM ended.
 const EVENT_LOOP_TIMEOUT_MS: i32 = 100;
@@ -67,19 +70,57 @@ pub fn attach(
     Ok(fragments)
 }
 
-/// Run the event manager on its own thread until `stop` is set.
-pub fn spawn_event_thread(
-    mut events: Events,
+/// Wakes the event loop when the VM ends, so the device thread stops at once instead of at
+/// its next timeout.
+struct StopWaker(EventFd);
+
+impl MutEventSubscriber for StopWaker {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(EventsOf::new(&self.0, EventSet::IN)) {
+            log::warn!("event loop: cannot watch the stop eventfd: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _events: EventsOf, _ops: &mut EventOps) {
+        let _ = self.0.read();
+    }
+}
+
+/// The device thread: runs the event manager until [`DeviceThread::stop`].
+pub struct DeviceThread {
+    handle: std::thread::JoinHandle<()>,
     stop: Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
+    waker: EventFd,
+}
+
+impl DeviceThread {
+    /// Stop the loop (after the request in progress) and wait for the thread.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.waker.write(1);
+        let _ = self.handle.join();
+    }
+}
+
+/// Run the event manager on its own thread.
+pub fn spawn_event_thread(mut events: Events) -> std::io::Result<DeviceThread> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let waker = EventFd::new(libc::EFD_NONBLOCK)?;
+    events.add_subscriber(Arc::new(Mutex::new(StopWaker(waker.try_clone()?))));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
         .name("virtio".into())
         .spawn(move || {
-            while !stop.load(Ordering::Acquire) {
+            while !flag.load(Ordering::Acquire) {
                 if let Err(e) = events.run_with_timeout(EVENT_LOOP_TIMEOUT_MS) {
                     log::error!("event loop: {e:?}");
                     break;
                 }
             }
-        })
+        })?;
+    Ok(DeviceThread {
+        handle,
+        stop,
+        waker,
+    })
 }

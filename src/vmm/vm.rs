@@ -129,6 +129,7 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042>>,
     device_events: Option<Events>,
+    has_drives: bool,
     config: VmConfig,
     /// The boot path's results (entry point, memory map), for diagnostics.
     pub boot: boot::BootSetup,
@@ -214,6 +215,7 @@ impl Vmm {
             name: "event manager".into(),
             why: format!("{e:?}"),
         })?;
+        let has_drives = !drives.is_empty();
         let root_ro = drives
             .first()
             .map(|d| d.config.read_only || d.backend.read_only());
@@ -305,6 +307,7 @@ impl Vmm {
             serial,
             i8042,
             device_events: Some(device_events),
+            has_drives,
             config,
             boot,
         })
@@ -343,13 +346,13 @@ impl Vmm {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let event_thread = match self.device_events.take() {
-            Some(ev) => Some(blockdevs::spawn_event_thread(ev, stop.clone()).map_err(
-                |source| VmmError::Io {
+        let event_thread = match self.device_events.take().filter(|_| self.has_drives) {
+            Some(ev) => Some(
+                blockdevs::spawn_event_thread(ev).map_err(|source| VmmError::Io {
                     what: "cannot start the device thread".into(),
                     source,
-                },
-            )?),
+                })?,
+            ),
             None => None,
         };
         for (id, vcpu) in std::mem::take(&mut self.vcpus).into_iter().enumerate() {
@@ -384,8 +387,8 @@ impl Vmm {
             let _ = h.join();
         }
         // The device thread finishes the request it is serving, then sees `stop`.
-        if let Some(h) = event_thread {
-            let _ = h.join();
+        if let Some(t) = event_thread {
+            t.stop();
         }
         use std::io::Write;
         let _ = self
