@@ -159,6 +159,7 @@ total=$(since "$t_all")
 EOF
 rm -rf "$out"
 mv "$out.tmp" "$out"
+prune_builds "$base" "$out"
 if [ "${AMIVM_KEEP_KERNEL_BUILD:-0}" != 1 ]; then
     rm -rf "$obj" "$src"
     rm -f "$AMIVM_CACHE/debs/${SRC_PKG}_"*.deb

@@ -46,11 +46,15 @@ use() { # use OUT: make OUT the current build and print its stable paths
     emit "$(realpath -s "$stable_dir")" "$(realpath -s "$stable_img")"
 }
 
-# The skeleton's hash covers names, modes and contents.
+# The skeleton's hash covers the names, executable bits and contents of its files and symlinks: what
+# git keeps (not other mode bits, which follow the umask of the checkout, nor empty directories).
+# The build normalises modes to match.
 skel_hash=$(
     cd "$SKELETON"
     echo "recipe $RECIPE_VERSION"
-    find . -print0 | LC_ALL=C sort -z | xargs -0 stat -c '%n %A %s'
+    find . \( -type f -o -type l \) -printf '%p %y\n' | LC_ALL=C sort
+    echo "executable:"
+    find . -type f -perm -u+x | LC_ALL=C sort
     find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
 ) || die "cannot read $SKELETON"
 skel_hash=$(printf '%s' "$skel_hash" | sha256sum | cut -c1-12)
@@ -96,6 +100,9 @@ fi
 r="$out.tmp/rootfs"
 mkdir -p "$r"
 cp -a "$SKELETON/." "$r/"
+find "$r" -type d -exec chmod 0755 {} +
+find "$r" -type f -perm -u+x -exec chmod 0755 {} +
+find "$r" -type f ! -perm -u+x -exec chmod 0644 {} +
 mkdir -p "$r"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,var,mnt,etc/amivm/smoke.d}
 chmod 1777 "$r/tmp"
 chmod 0700 "$r/root"
@@ -118,6 +125,7 @@ mkfs.ext4 -q -F -L amivm-root -E root_owner=0:0 -d "$r" "$out.tmp/rootfs.ext4" "
     die "mkfs.ext4 failed"
 rm -rf "$out"
 mv "$out.tmp" "$out"
+prune_builds "$base" "$out"
 log "rootfs: busybox-static $bb_ver, $(du -sh "$out/rootfs" | cut -f1) ($(find "$out/rootfs" | wc -l) entries)," \
     "ext4 $EXT4_SIZE; $(since "$t0")"
 use "$out"

@@ -103,3 +103,15 @@ link_stable() {
     ln -sfn "$(realpath --relative-to="$(dirname "$link")" "$target")" "$link.tmp$$"
     mv -Tf "$link.tmp$$" "$link"
 }
+
+# prune_builds BASE CURRENT [KEEP]: removes all but the KEEP (default 3) most recent build folders
+# (BASE/*, not src-*/obj-*/*.tmp) other than CURRENT, so the cache does not grow without bound.
+prune_builds() {
+    local base=$1 current=$2 keep=${3:-3} d
+    find "$base" -mindepth 1 -maxdepth 1 -type d ! -name 'src-*' ! -name 'obj-*' ! -name '*.tmp' \
+        ! -path "$current" -printf '%T@ %p\n' 2>/dev/null | sort -rn | tail -n +"$keep" | cut -d' ' -f2- |
+        while IFS= read -r d; do
+            log "removing the old build $d"
+            rm -rf "$d"
+        done
+}
