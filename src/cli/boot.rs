@@ -129,7 +129,10 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         stop_grace: None,
     };
     let drives = open_drives(&args.drive)?;
-    let vmm = Vmm::new(config, drives).context("cannot start the VM")?;
+    let mut vmm = Vmm::new(config, drives).context("cannot start the VM")?;
     let exit = vmm.run().context("VM failed")?;
+    // The process exits next and the kernel frees the VM with it; unmapping guest memory first,
+    // while the VM still exists, costs ~18 ms of MMU-notifier work under KVM for nothing.
+    std::mem::forget(vmm);
     Ok(report_exit(&exit))
 }

@@ -329,7 +329,7 @@ impl Vmm {
     }
 
     /// Run the guest until it ends, the timeout expires or the host stops it.
-    pub fn run(mut self) -> Result<VmExit, VmmError> {
+    pub fn run(&mut self) -> Result<VmExit, VmmError> {
         register_signal_handler(SIGRTMIN(), on_kick)
             .map_err(|e| VmmError::Signal(e.to_string()))?;
         for sig in [libc::SIGTERM, libc::SIGINT] {
@@ -381,7 +381,7 @@ impl Vmm {
                 // it is still valid; the signal has a no-op handler installed above.
                 unsafe { libc::pthread_kill(h.as_pthread_t(), SIGRTMIN()) };
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_micros(100));
         }
         for h in threads.into_iter().filter(|h| h.is_finished()) {
             let _ = h.join();
