@@ -282,11 +282,18 @@ impl BlockBackend for CowOverlay {
             let max = end.div_ceil(BLOCK_SIZE) - block;
             let (dirty, n) = self.bitmap.run(block, max);
             let run_end = ((block + n) * BLOCK_SIZE).min(end);
-            let sub = vio::sub_bufs(bufs, (pos - offset) as usize, (run_end - pos) as usize)?;
-            if dirty {
-                vio::preadv_exact(&self.file, &sub, self.header.data_offset + pos, &self.label)?;
+            let sub_store;
+            let sub = if pos == offset && run_end == end {
+                // One run covers the whole request (the usual case): no re-slicing.
+                bufs
             } else {
-                self.base.read_vectored_at(&sub, pos)?;
+                sub_store = vio::sub_bufs(bufs, (pos - offset) as usize, (run_end - pos) as usize)?;
+                &sub_store[..]
+            };
+            if dirty {
+                vio::preadv_exact(&self.file, sub, self.header.data_offset + pos, &self.label)?;
+            } else {
+                self.base.read_vectored_at(sub, pos)?;
             }
             pos = run_end;
         }

@@ -91,6 +91,9 @@ fn vectored(
     what: &str,
     dir: Dir,
 ) -> Result<(), VolumeError> {
+    if let [one] = bufs {
+        return single(file, one, offset, what, dir);
+    }
     let mut pending: Vec<VolatileSlice<'_>> =
         bufs.iter().filter(|b| !b.is_empty()).copied().collect();
     let mut idx = 0;
@@ -162,6 +165,56 @@ fn vectored(
                 n = 0;
             }
         }
+    }
+    Ok(())
+}
+
+/// The common case of one buffer: plain `pread`/`pwrite`, no iovec array.
+fn single(
+    file: &File,
+    buf: &VolatileSlice<'_>,
+    offset: u64,
+    what: &str,
+    dir: Dir,
+) -> Result<(), VolumeError> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let pos = offset
+            .checked_add(done as u64)
+            .and_then(|p| libc::off_t::try_from(p).ok())
+            .ok_or_else(|| {
+                VolumeError::io(
+                    what,
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset too large"),
+                )
+            })?;
+        let rest = subslice(buf, done, buf.len() - done)?;
+        let ptr = rest.ptr_guard_mut().as_ptr().cast::<libc::c_void>();
+        let n = match dir {
+            // SAFETY: `ptr` points at `rest.len()` bytes of live guest memory (an mmap-backed
+            // VolatileSlice borrowed for this call); the kernel writes only inside it.
+            Dir::Read => unsafe { libc::pread(file.as_raw_fd(), ptr, rest.len(), pos) },
+            // SAFETY: as above; the kernel only reads it.
+            Dir::Write => unsafe { libc::pwrite(file.as_raw_fd(), ptr, rest.len(), pos) },
+        };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(VolumeError::io(what, err));
+        }
+        if n == 0 {
+            let kind = match dir {
+                Dir::Read => std::io::ErrorKind::UnexpectedEof,
+                Dir::Write => std::io::ErrorKind::WriteZero,
+            };
+            return Err(VolumeError::io(
+                what,
+                std::io::Error::new(kind, "short transfer"),
+            ));
+        }
+        done += n as usize;
     }
     Ok(())
 }

@@ -155,25 +155,37 @@ impl BlockDevice {
         let mut out = QueueOutcome::default();
         let budget = BUDGET_QUEUES * usize::from(queue.size());
         let limits = self.limits(queue.size());
+        let mut chains = Vec::with_capacity(usize::from(queue.size()));
         loop {
             queue.disable_notification(mem)?;
             let before = out.completed;
             loop {
-                if out.completed >= budget {
-                    out.more = true;
+                // Take the heads published so far in one read of the available index.
+                let room = budget - out.completed;
+                chains.clear();
+                chains.extend(queue.iter(mem)?.take(room));
+                if chains.is_empty() {
                     break;
                 }
-                let chain = queue.iter(mem)?.next();
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                let used_len = self.handle_chain(mem, chain, &limits);
-                if let Err(e) = queue.add_used(mem, head, used_len) {
-                    log::warn!("virtio-blk: cannot return descriptor {head}: {e}");
+                for chain in chains.drain(..) {
+                    let head = chain.head_index();
+                    let used_len = self.handle_chain(mem, chain, &limits);
+                    if let Err(e) = queue.add_used(mem, head, used_len) {
+                        log::warn!("virtio-blk: cannot return descriptor {head}: {e}");
+                    }
+                    out.completed += 1;
                 }
-                out.completed += 1;
+                if out.completed >= budget {
+                    break;
+                }
             }
-            if out.more {
-                break;
+            if out.completed >= budget {
+                // Leave the rest for the next pass, without re-enabling notifications.
+                out.more = queue.iter(mem)?.next().is_some();
+                if out.more {
+                    queue.go_to_previous_position();
+                    break;
+                }
             }
             if !queue.enable_notification(mem)? {
                 break;

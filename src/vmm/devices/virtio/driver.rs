@@ -140,6 +140,14 @@ impl DriverQueue {
         )
     }
 
+    /// Consume every used element at once without reading them; returns how many there were.
+    pub fn reap_all(&mut self) -> u16 {
+        let idx = self.used_idx();
+        let n = idx.wrapping_sub(self.last_used);
+        self.last_used = idx;
+        n
+    }
+
     /// The next used element, if any: (descriptor head, length written).
     pub fn pop_used(&mut self) -> Option<(u32, u32)> {
         if self.used_idx() == self.last_used {
