@@ -6,6 +6,7 @@ mod boot;
 mod drive;
 pub mod exit;
 mod image;
+mod instance;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -58,6 +59,8 @@ pub enum Command {
     Snapshot(image::SnapshotCmd),
     /// Remove chunks and blobs nothing references, and leftover temporary files.
     Gc,
+    #[command(flatten)]
+    Instance(instance::InstanceCmd),
 }
 
 /// Parse the command line, run it, and return the process exit code.
@@ -79,6 +82,7 @@ pub fn main() -> i32 {
         Command::Image(cmd) => image::run_image(cmd, &cli.global),
         Command::Snapshot(cmd) => image::run_snapshot(cmd, &cli.global),
         Command::Gc => image::run_gc(&cli.global),
+        Command::Instance(cmd) => instance::run(cmd, &cli.global),
     };
     match result {
         Ok(code) => code,

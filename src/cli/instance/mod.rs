@@ -1,0 +1,303 @@
+//! Instance commands: `run`, `ps`, `stop`, `start`, `terminate`, `logs`, `create-image` and
+//! `instance-types`, plus the hidden `__run-instance` that `--detach` starts in the background.
+
+mod render;
+mod run;
+
+use super::{exit, GlobalOpts, OutputFormat};
+use crate::instance::{self, lifecycle, record, types, ShutdownBehavior};
+use crate::store::{AccountId, Store};
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use std::io::{Read, Seek, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCmd {
+    /// Launch an instance of an image (AMI) and run it, by default in the foreground with the
+    /// console attached.
+    Run(RunArgs),
+    /// List instances (all but terminated ones, unless --all).
+    Ps {
+        /// Include terminated instances.
+        #[arg(long, short = 'a')]
+        all: bool,
+    },
+    /// Stop an instance: Ctrl-Alt-Del to the guest, then stop the VM after a grace period.
+    Stop {
+        /// Instance id or name.
+        instance: String,
+        /// Stop the VM at once, without giving the guest time to shut down.
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// Start a stopped instance again, with the same volumes (in the background, unless
+    /// --attach).
+    #[command(after_help = exit::EXIT_CODE_HELP)]
+    Start(StartArgs),
+    /// Terminate an instance: stop it, delete its volumes marked DeleteOnTermination.
+    Terminate {
+        /// Instance id or name.
+        instance: String,
+        /// Stop the VM at once, without giving the guest time to shut down.
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// Print an instance's console log.
+    Logs {
+        /// Instance id or name.
+        instance: String,
+        /// Keep printing new output while the instance runs.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Create an image (AMI) from an instance's volumes: incremental snapshots over the ones it
+    /// was launched from (only chunks it wrote are stored).
+    CreateImage(CreateImageArgs),
+    /// List the instance types amivm knows (vCPUs and memory).
+    InstanceTypes {
+        /// Only this family (t3, m5, c5, ...).
+        #[arg(long)]
+        family: Option<String>,
+    },
+    /// Internal: run a pending instance whose run lock is inherited (used by --detach).
+    #[command(name = "__run-instance", hide = true)]
+    RunInstance(RunInstanceArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = exit::EXIT_CODE_HELP)]
+pub struct RunArgs {
+    /// Image id or unique name.
+    pub ami: String,
+    /// Instance type: its vCPUs and memory (see `amivm instance-types`).
+    #[arg(long, short = 't', default_value = types::DEFAULT_TYPE, value_name = "TYPE")]
+    pub instance_type: String,
+    /// A name for the instance (usable instead of its id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Add to the image's kernel command line.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub append: Option<String>,
+    /// Stop the instance and exit 124 after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Succeed (exit 0, VM stopped) as soon as the console output matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub expect: Option<String>,
+    /// Delete the instance and its volumes when it stops.
+    #[arg(long)]
+    pub rm: bool,
+    /// What a shutdown from inside the guest does.
+    #[arg(long, value_enum, default_value_t = ShutdownBehavior::Stop)]
+    pub shutdown_behavior: ShutdownBehavior,
+    /// Write the console to this file instead of the instance's own log (appended).
+    #[arg(long, value_name = "FILE")]
+    pub serial_log: Option<PathBuf>,
+    /// Run in the background (console to the instance's log) and print the instance id.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Instance id or name.
+    pub instance: String,
+    /// Run in the foreground with the console attached; exit codes as for `run`.
+    #[arg(long)]
+    pub attach: bool,
+    /// Stop the instance after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Stop the instance (successfully) once the console matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub expect: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateImageArgs {
+    /// Instance id or name.
+    pub instance: String,
+    /// Name of the new image.
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Image a running instance as it is (what the guest has flushed), without stopping it.
+    #[arg(long)]
+    pub no_reboot: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunInstanceArgs {
+    pub instance: String,
+    /// The inherited descriptor holding the instance's run lock.
+    #[arg(long)]
+    pub lock_fd: i32,
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    #[arg(long)]
+    pub expect: Option<String>,
+    /// The instance's first boot (a VM that cannot be built terminates it).
+    #[arg(long)]
+    pub first_launch: bool,
+}
+
+/// The opened store and the caller's account.
+fn open(g: &GlobalOpts) -> anyhow::Result<(Store, AccountId)> {
+    let dir = match &g.store {
+        Some(d) => d.clone(),
+        None => Store::default_dir()?,
+    };
+    let store = Store::open(&dir)?;
+    let caller = store.resolve_account(g.account.as_deref())?;
+    Ok((store, caller))
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    print_out(&format!("{}\n", serde_json::to_string_pretty(v)?))
+}
+
+/// Write to stdout; a closed pipe (`amivm ps | head`) is not an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Run an instance command; returns the process exit code.
+pub fn run(cmd: InstanceCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
+    let json = g.output == OutputFormat::Json;
+    match cmd {
+        InstanceCmd::Run(args) => run::run(args, g),
+        InstanceCmd::Start(args) => run::start(args, g),
+        InstanceCmd::RunInstance(args) => run::run_instance(args, g),
+        InstanceCmd::InstanceTypes { family } => {
+            let all = types::all();
+            let shown: Vec<_> = all
+                .iter()
+                .filter(|t| family.as_deref().is_none_or(|f| t.family == f))
+                .cloned()
+                .collect();
+            if let Some(f) = &family {
+                if shown.is_empty() {
+                    let mut fams: Vec<&str> = all.iter().map(|t| t.family.as_str()).collect();
+                    fams.dedup();
+                    anyhow::bail!("no instance family '{f}'; families: {}", fams.join(", "));
+                }
+            }
+            if json {
+                print_json(&shown)?;
+            } else {
+                print_out(&render::types_table(&shown))?;
+            }
+            Ok(exit::GUEST_STOPPED)
+        }
+        InstanceCmd::Ps { all } => {
+            let (store, caller) = open(g)?;
+            let list: Vec<_> = record::list(&store, &caller)?
+                .into_iter()
+                .filter(|i| all || i.state != instance::InstanceState::Terminated)
+                .collect();
+            if json {
+                print_json(&list.iter().map(render::json).collect::<Vec<_>>())?;
+            } else {
+                print_out(&render::ps_table(&list))?;
+            }
+            Ok(0)
+        }
+        InstanceCmd::Stop { instance, force } => {
+            let (store, caller) = open(g)?;
+            let i = lifecycle::stop(&store, &caller, &instance, force)?;
+            report_state(&i, json)
+        }
+        InstanceCmd::Terminate { instance, force } => {
+            let (store, caller) = open(g)?;
+            let i = lifecycle::terminate(&store, &caller, &instance, force)?;
+            report_state(&i, json)
+        }
+        InstanceCmd::Logs { instance, follow } => {
+            let (store, caller) = open(g)?;
+            logs(&store, &caller, &instance, follow)
+        }
+        InstanceCmd::CreateImage(args) => {
+            let (store, caller) = open(g)?;
+            let inst = record::resolve(&store, &caller, &args.instance)?;
+            let (_, report) = instance::create_image::create_image(
+                &store,
+                &caller,
+                &inst,
+                &args.name,
+                &args.description,
+                args.no_reboot,
+                &crate::store::NoProgress,
+            )?;
+            if json {
+                print_json(&report)?;
+            } else {
+                println!("{}", report.image_id);
+                eprintln!(
+                    "amivm: created {} from {}: {} chunk(s) written by the instance hashed, {} new ({} bytes) stored; snapshots {}",
+                    report.image_id,
+                    inst.instance_id,
+                    report.chunks_hashed,
+                    report.new_chunks,
+                    report.new_bytes,
+                    report.snapshot_ids.join(", ")
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn report_state(i: &instance::Instance, json: bool) -> anyhow::Result<i32> {
+    if json {
+        print_json(&render::json(i))?;
+    } else {
+        println!("{}  {}", i.instance_id, i.state);
+    }
+    Ok(0)
+}
+
+/// How often `logs --follow` looks for new output.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+
+fn logs(store: &Store, caller: &AccountId, id: &str, follow: bool) -> anyhow::Result<i32> {
+    let inst = record::resolve(store, caller, id)?;
+    let path = &inst.console_log;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut pos = 0u64;
+    let mut buf = Vec::new();
+    loop {
+        if file.is_none() {
+            file = std::fs::File::open(path).ok();
+        }
+        if let Some(f) = file.as_mut() {
+            f.seek(std::io::SeekFrom::Start(pos))?;
+            buf.clear();
+            f.read_to_end(&mut buf)?;
+            pos += buf.len() as u64;
+            out.write_all(&buf)?;
+            out.flush()?;
+        }
+        if !follow {
+            return Ok(0);
+        }
+        let active = record::load(store, caller, &inst.instance_id)
+            .map(|i| i.state.is_active())
+            .unwrap_or(false);
+        if !active && buf.is_empty() {
+            return Ok(0);
+        }
+        std::thread::sleep(FOLLOW_POLL);
+    }
+}

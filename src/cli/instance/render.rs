@@ -1,0 +1,104 @@
+//! Text and JSON rendering of instances and instance types.
+
+use crate::instance::{Instance, InstanceType};
+use serde_json::{json, Value};
+use std::fmt::Write;
+
+/// Left-aligned columns separated by two spaces.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (c, w) in cells.iter().zip(&widths) {
+            let _ = write!(l, "{c:<w$}  ");
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+pub fn types_table(types: &[InstanceType]) -> String {
+    let rows: Vec<Vec<String>> = types
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.vcpus.to_string(),
+                t.memory_mib.to_string(),
+                t.family.clone(),
+            ]
+        })
+        .collect();
+    table(&["TYPE", "VCPUS", "MEMORY_MIB", "FAMILY"], &rows)
+}
+
+pub fn ps_table(list: &[Instance]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            vec![
+                i.instance_id.clone(),
+                i.name.clone().unwrap_or_else(|| "-".into()),
+                i.state.to_string(),
+                i.instance_type.clone(),
+                i.image.image_id.to_string(),
+                i.launch_time.clone(),
+                i.state_reason.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "INSTANCE ID",
+            "NAME",
+            "STATE",
+            "TYPE",
+            "IMAGE",
+            "LAUNCHED",
+            "REASON",
+        ],
+        &rows,
+    )
+}
+
+/// An instance as `ps --output json` shows it (EC2 DescribeInstances field names).
+pub fn json(i: &Instance) -> Value {
+    json!({
+        "InstanceId": i.instance_id,
+        "Name": i.name,
+        "State": { "Name": i.state.as_str() },
+        "StateReason": i.state_reason,
+        "InstanceType": i.instance_type,
+        "Vcpus": i.vcpus,
+        "MemoryMib": i.memory_mib,
+        "ImageId": i.image.image_id.to_string(),
+        "ImageName": i.image.name,
+        "LaunchTime": i.launch_time,
+        "KernelCommandLine": i.kernel_command_line,
+        "InstanceInitiatedShutdownBehavior": i.shutdown_behavior,
+        "ConsoleLog": i.console_log,
+        "Pid": i.process.map(|p| p.pid),
+        "BlockDeviceMappings": i.volumes.iter().map(|v| json!({
+            "DeviceName": v.device_name,
+            "Ebs": {
+                "VolumeId": v.volume_id,
+                "SnapshotId": v.snapshot_id.to_string(),
+                "SizeBytes": v.size_bytes,
+                "DeleteOnTermination": v.delete_on_termination,
+                "ReadOnly": v.read_only,
+                "Deleted": v.deleted,
+            }
+        })).collect::<Vec<_>>(),
+    })
+}

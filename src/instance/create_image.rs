@@ -1,0 +1,133 @@
+//! `amivm create-image`: a new AMI from an instance's volumes.
+//!
+//! Each volume's new snapshot is incremental over the snapshot the volume was created from:
+//! only the 512 KiB chunks holding a block the instance wrote (the overlay's dirty bitmap) are
+//! read, hashed and stored if new; every other chunk is taken from the parent snapshot's
+//! manifest. All snapshots and the image are committed in one store transaction. The source
+//! image and its snapshots are never written.
+
+use super::record::Instance;
+use super::state::InstanceState;
+use super::{InstanceError, Result};
+use crate::store::snapshots::dirty_chunks_from_blocks;
+use crate::store::{AccountId, BlockDeviceMapping, EbsBlockDevice, Image, Progress, Store};
+use crate::volume::CowOverlay;
+
+/// What create-image did.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateImageReport {
+    pub image_id: String,
+    pub snapshot_ids: Vec<String>,
+    /// Chunks read and hashed (those the instance wrote to).
+    pub chunks_hashed: u64,
+    /// Chunks the store did not have yet, and their bytes.
+    pub new_chunks: u64,
+    pub new_bytes: u64,
+}
+
+/// Create image `name` from `inst`, owned by `caller`. A running instance needs `no_reboot`:
+/// the image then holds what the guest had flushed.
+pub fn create_image(
+    store: &Store,
+    caller: &AccountId,
+    inst: &Instance,
+    name: &str,
+    description: &str,
+    no_reboot: bool,
+    progress: &dyn Progress,
+) -> Result<(Image, CreateImageReport)> {
+    match inst.state {
+        InstanceState::Terminated | InstanceState::ShuttingDown => {
+            return Err(InstanceError::WrongState {
+                id: inst.instance_id.clone(),
+                state: inst.state,
+                why: "its volumes are gone".into(),
+            })
+        }
+        s if s.is_active() && !no_reboot => {
+            return Err(InstanceError::WrongState {
+                id: inst.instance_id.clone(),
+                state: inst.state,
+                why: "stop it first, or pass --no-reboot to image what the guest has flushed"
+                    .into(),
+            })
+        }
+        _ => {}
+    }
+    crate::store::manifest::validate_name(name)?;
+    crate::store::manifest::validate_description(description)?;
+    store.check_name_free(caller, name, None)?;
+    let dir = inst.dir(store)?;
+    let mut txn = store.begin()?;
+    let mut mappings = Vec::new();
+    let mut snapshot_ids = Vec::new();
+    let mut hashed = 0;
+    for v in &inst.volumes {
+        if v.deleted {
+            continue;
+        }
+        let view = super::launch::base_view(store, v)?;
+        let mut overlay = CowOverlay::open(
+            Box::new(view),
+            &dir.join(&v.overlay),
+            v.snapshot_id.as_str(),
+        )?
+        .with_read_only(true);
+        let chunks = dirty_chunks_from_blocks(overlay.dirty_blocks(), CowOverlay::block_size());
+        hashed += chunks.len() as u64;
+        let snap_desc = format!(
+            "Created by amivm create-image for {} from {} ({})",
+            inst.instance_id, v.volume_id, v.device_name
+        );
+        let snap = txn.snapshot_incremental(
+            caller,
+            &v.snapshot_id,
+            &mut overlay,
+            &chunks,
+            &snap_desc,
+            progress,
+        )?;
+        let volume_size = inst
+            .image
+            .block_device_mappings
+            .iter()
+            .find(|m| m.device_name == v.device_name)
+            .map_or(snap.volume_size, |m| {
+                m.ebs.volume_size.max(snap.volume_size)
+            });
+        snapshot_ids.push(snap.snapshot_id.to_string());
+        mappings.push(BlockDeviceMapping {
+            device_name: v.device_name.clone(),
+            ebs: EbsBlockDevice {
+                snapshot_id: snap.snapshot_id,
+                volume_size,
+                delete_on_termination: v.delete_on_termination,
+                read_only: v.read_only,
+            },
+        });
+    }
+    let image = store.image_from_snapshots(caller, name, description, &inst.image, mappings)?;
+    txn.put_image(&image)?;
+    let (new_chunks, new_bytes) = txn.new_chunks();
+    let blobs = image.blobs();
+    txn.commit(|s| {
+        s.check_name_free(caller, name, None)?;
+        for b in &blobs {
+            if !s.backend().object_exists(crate::store::ObjectNs::Blob, b)? {
+                return Err(crate::store::StoreError::NotFound(format!(
+                    "blob {b} not found"
+                )));
+            }
+        }
+        Ok(())
+    })?;
+    let report = CreateImageReport {
+        image_id: image.image_id.to_string(),
+        snapshot_ids,
+        chunks_hashed: hashed,
+        new_chunks,
+        new_bytes,
+    };
+    Ok((image, report))
+}

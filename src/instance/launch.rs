@@ -1,0 +1,465 @@
+//! Creating an instance from an image and booting it: `amivm run` and `amivm start`.
+//!
+//! [`create`] makes the instance (one copy-on-write overlay per block-device mapping over the
+//! mapping's snapshot: O(1), nothing is copied) and returns it with its run lock held, in state
+//! `pending`. [`boot`] runs it to the end in this process: `running` once the VM is built, and
+//! `stopped` or `terminated` once it ends ([`state_after`]).
+
+use super::lock::{process_start_ticks, RunLock};
+use super::record::{self, generate_id, generate_volume_id, Instance, InstanceVolume, ProcessInfo};
+use super::state::{InstanceState, ShutdownBehavior};
+use super::types::InstanceType;
+use super::{InstanceError, Result};
+use crate::store::manifest::{device_index, now_rfc3339, GIB};
+use crate::store::{AccountId, SnapshotView, Store};
+use crate::vmm::boot::{cmdline, BootProtocol};
+use crate::vmm::devices::virtio::BlockConfig;
+use crate::vmm::{BlockDrive, ConsoleConfig, VmConfig, VmExit, Vmm};
+use crate::volume::CowOverlay;
+use regex::Regex;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The console log's file name in the instance directory (unless `--serial-log` names one).
+pub const CONSOLE_LOG: &str = "console.log";
+
+/// How long `amivm stop` lets the guest react to Ctrl-Alt-Del before the VM is stopped. Linux
+/// with `reboot=k` reboots through the keyboard controller within a few seconds of it.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What `amivm run` asks for.
+#[derive(Debug, Clone)]
+pub struct LaunchRequest {
+    /// Image id or unique name.
+    pub image: String,
+    pub instance_type: InstanceType,
+    pub name: Option<String>,
+    /// Added to the image's kernel command line.
+    pub append: Option<String>,
+    pub shutdown_behavior: ShutdownBehavior,
+    /// `--rm`: delete the instance when it stops.
+    pub remove_on_stop: bool,
+    /// `--serial-log`: the console log goes there instead of the instance directory.
+    pub serial_log: Option<PathBuf>,
+}
+
+/// How to run the VM.
+#[derive(Debug, Clone, Default)]
+pub struct BootOptions {
+    pub timeout: Option<Duration>,
+    pub expect: Option<Regex>,
+    /// Copy the console to stdout (foreground).
+    pub console_stdout: bool,
+    /// Forward a terminal on stdin to the guest.
+    pub stdin: bool,
+}
+
+/// The overlay file of the volume on `device` (`/dev/vda` → `vda.cow`).
+fn overlay_name(device: &str) -> String {
+    let base = device.rsplit('/').next().unwrap_or(device);
+    format!("{base}.cow")
+}
+
+/// Create an instance of `req.image` for `caller`: check the launch permission, make one
+/// overlay per mapping and store the record as `pending`. The run lock is held on return.
+pub fn create(
+    store: &Store,
+    caller: &AccountId,
+    req: &LaunchRequest,
+) -> Result<(Instance, RunLock)> {
+    let image = store.resolve_image(caller, &req.image)?;
+    store.check_launch_permission(caller, &image)?;
+    if let Some(name) = &req.name {
+        record::validate_name(name)?;
+    }
+    let mut mappings = image.block_device_mappings.clone();
+    mappings.sort_by_key(|m| device_index(&m.device_name).unwrap_or(usize::MAX));
+    if image.root_mapping().is_none() {
+        return Err(InstanceError::Invalid(format!(
+            "image {} has no root volume mapping ({})",
+            image.image_id, image.root_device_name
+        )));
+    }
+    let id = generate_id();
+    let dir = store.record_data_dir(record::KIND, &id)?;
+    let cleanup = |e: InstanceError| {
+        let _ = std::fs::remove_dir_all(&dir);
+        e
+    };
+    let lock = RunLock::try_acquire(&dir)
+        .map_err(cleanup)?
+        .ok_or_else(|| InstanceError::Invalid(format!("instance id {id} is already in use")))?;
+    let mut volumes = Vec::new();
+    for m in &mappings {
+        let overlay = overlay_name(&m.device_name);
+        let snap_bytes = store
+            .snapshot(&m.ebs.snapshot_id)
+            .map_err(|e| cleanup(e.into()))?
+            .size_bytes;
+        let size = volume_bytes(snap_bytes, m.ebs.volume_size);
+        make_overlay(store, &dir, &overlay, &m.ebs.snapshot_id, size).map_err(cleanup)?;
+        volumes.push(InstanceVolume {
+            volume_id: generate_volume_id(),
+            device_name: m.device_name.clone(),
+            snapshot_id: m.ebs.snapshot_id.clone(),
+            overlay,
+            size_bytes: size,
+            delete_on_termination: m.ebs.delete_on_termination,
+            read_only: m.ebs.read_only,
+            deleted: false,
+        });
+    }
+    let log = req
+        .serial_log
+        .clone()
+        .unwrap_or_else(|| dir.join(CONSOLE_LOG));
+    let console_log = std::path::absolute(&log)
+        .map_err(|e| InstanceError::io(format!("console log {}", log.display()), e))
+        .map_err(cleanup)?;
+    let inst = Instance {
+        instance_id: id,
+        name: req.name.clone(),
+        owner_id: caller.clone(),
+        kernel_command_line: cmdline::compose(
+            Some(&image.kernel_command_line),
+            req.append.as_deref(),
+            &[],
+        ),
+        image,
+        instance_type: req.instance_type.name.clone(),
+        vcpus: req.instance_type.vcpus,
+        memory_mib: req.instance_type.memory_mib,
+        state: InstanceState::Pending,
+        state_reason: "launching".into(),
+        shutdown_behavior: req.shutdown_behavior,
+        remove_on_stop: req.remove_on_stop,
+        launch_time: now_rfc3339(),
+        console_log,
+        volumes,
+        process: None,
+    };
+    record::put(store, &inst).map_err(cleanup)?;
+    Ok((inst, lock))
+}
+
+/// The size of a volume created from a mapping: its `VolumeSize` (GiB) or the snapshot's size,
+/// whichever is larger.
+fn volume_bytes(snapshot_bytes: u64, volume_size_gib: u64) -> u64 {
+    snapshot_bytes.max(volume_size_gib.saturating_mul(GIB))
+}
+
+/// A read-only view of a volume's snapshot, presented at the volume's size.
+pub fn base_view(store: &Store, v: &InstanceVolume) -> Result<SnapshotView> {
+    Ok(store
+        .snapshot_view(&v.snapshot_id)?
+        .with_size(v.size_bytes)?)
+}
+
+/// Create the overlay `name` in `dir` over a snapshot shown at `size` bytes (nothing is
+/// copied).
+fn make_overlay(
+    store: &Store,
+    dir: &Path,
+    name: &str,
+    snapshot: &crate::store::SnapshotId,
+    size: u64,
+) -> Result<()> {
+    let view = store.snapshot_view(snapshot)?.with_size(size)?;
+    let overlay = CowOverlay::open(Box::new(view), &dir.join(name), snapshot.as_str())?;
+    drop(overlay);
+    Ok(())
+}
+
+/// Open the instance's volumes as block devices, root first.
+fn open_drives(store: &Store, inst: &Instance, dir: &Path) -> Result<Vec<BlockDrive>> {
+    let mut drives = Vec::new();
+    for v in inst.volumes.iter().filter(|v| !v.deleted) {
+        let view = base_view(store, v)?;
+        let overlay = CowOverlay::open(
+            Box::new(view),
+            &dir.join(&v.overlay),
+            v.snapshot_id.as_str(),
+        )?
+        .with_read_only(v.read_only)
+        .with_serial(v.serial());
+        drives.push(BlockDrive {
+            config: BlockConfig {
+                read_only: v.read_only,
+                serial: v.serial(),
+            },
+            backend: Box::new(overlay),
+        });
+    }
+    Ok(drives)
+}
+
+/// The VM configuration of an instance.
+pub fn vm_config(store: &Store, inst: &Instance, opts: &BootOptions) -> Result<VmConfig> {
+    Ok(VmConfig {
+        kernel: store.kernel_blob_path(&inst.image)?,
+        initrd: store.initrd_blob_path(&inst.image)?,
+        cmdline: inst.kernel_command_line.clone(),
+        protocol: BootProtocol::Linux,
+        vcpus: inst.vcpus,
+        mem_mib: inst.memory_mib,
+        timeout: opts.timeout,
+        console: ConsoleConfig {
+            stdout: opts.console_stdout,
+            log: Some(inst.console_log.clone()),
+            stdin: opts.stdin,
+            expect: opts.expect.clone(),
+        },
+        stop_grace: Some(STOP_GRACE),
+    })
+}
+
+/// What became of an instance after a run.
+#[derive(Debug)]
+pub struct BootOutcome {
+    /// How the VM ended (`Err`: it could not be started).
+    pub exit: std::result::Result<VmExit, InstanceError>,
+    /// The instance afterwards; `None` when `--rm` removed it.
+    pub instance: Option<Instance>,
+}
+
+/// Boot a `pending` instance whose run lock `lock` this process holds and run it to the end.
+/// `first_launch`: a VM that cannot even be built terminates the instance (as EC2 does with a
+/// launch that fails) instead of leaving it stopped.
+pub fn boot(
+    store: &Store,
+    id: &str,
+    lock: RunLock,
+    opts: &BootOptions,
+    first_launch: bool,
+) -> Result<BootOutcome> {
+    let pid = std::process::id();
+    let inst = record::update(store, id, |i| {
+        if i.state != InstanceState::Pending {
+            return Err(InstanceError::WrongState {
+                id: i.instance_id.clone(),
+                state: i.state,
+                why: "only a pending instance can boot".into(),
+            });
+        }
+        i.process = process_start_ticks(pid).map(|start_ticks| ProcessInfo { pid, start_ticks });
+        Ok(())
+    })?;
+    let dir = inst.dir(store)?;
+    let built = vm_config(store, &inst, opts).and_then(|config| {
+        let drives = open_drives(store, &inst, &dir)?;
+        Ok(Vmm::new(config, drives)?)
+    });
+    let exit = match built {
+        Err(e) => Err(e),
+        Ok(vmm) => {
+            record::update(store, id, |i| {
+                if i.state == InstanceState::Pending {
+                    i.set_state(InstanceState::Running, "running")?;
+                }
+                Ok(())
+            })?;
+            // The VM (and with it the volumes, which flush when dropped) is gone at the end
+            // of this block, before the end is recorded and the run lock released.
+            let ended = {
+                let mut vmm = vmm;
+                vmm.run()
+            };
+            ended.map_err(InstanceError::from)
+        }
+    };
+    let instance = finish(store, id, &exit, first_launch)?;
+    drop(lock);
+    if instance.as_ref().is_some_and(|i| i.remove_on_stop) || instance.is_none() {
+        remove(store, id)?;
+        return Ok(BootOutcome {
+            exit,
+            instance: None,
+        });
+    }
+    Ok(BootOutcome { exit, instance })
+}
+
+/// Whether the instance ends `stopped` or goes on to `terminated` after its VM ended.
+pub fn state_after(
+    current: InstanceState,
+    exit: &std::result::Result<VmExit, InstanceError>,
+    behavior: ShutdownBehavior,
+    first_launch: bool,
+) -> InstanceState {
+    let guest_initiated = matches!(exit, Ok(VmExit::Stopped) | Ok(VmExit::ExitCode(_)));
+    match current {
+        InstanceState::ShuttingDown | InstanceState::Terminated => InstanceState::Terminated,
+        InstanceState::Stopping | InstanceState::Stopped => InstanceState::Stopped,
+        _ if exit.is_err() && first_launch => InstanceState::Terminated,
+        _ if guest_initiated && behavior == ShutdownBehavior::Terminate => {
+            InstanceState::Terminated
+        }
+        _ => InstanceState::Stopped,
+    }
+}
+
+/// The state reason for how a run ended.
+pub fn exit_reason(exit: &std::result::Result<VmExit, InstanceError>) -> String {
+    match exit {
+        Ok(VmExit::Stopped) => "guest shut down (reset or exit port 0)".into(),
+        Ok(VmExit::ExitCode(n)) => format!("guest exited with status {n} through the exit port"),
+        Ok(VmExit::Timeout) => "--timeout expired".into(),
+        Ok(VmExit::Crashed(c)) => format!("guest crashed: {c}"),
+        Ok(VmExit::ExpectMatched) => "console matched --expect".into(),
+        Ok(VmExit::UserStop) => "stopped from the host".into(),
+        Ok(VmExit::VmmFailed(w)) => format!("amivm failed: {w}"),
+        Err(e) => format!("launch failed: {e}"),
+    }
+}
+
+/// Record the end of a run (under the run lock); returns the instance afterwards.
+fn finish(
+    store: &Store,
+    id: &str,
+    exit: &std::result::Result<VmExit, InstanceError>,
+    first_launch: bool,
+) -> Result<Option<Instance>> {
+    let reason = format!("{} at {}", exit_reason(exit), now_rfc3339());
+    let dir = store.record_data_dir(record::KIND, id)?;
+    let inst = record::update(store, id, |i| {
+        let next = state_after(i.state, exit, i.shutdown_behavior, first_launch);
+        i.process = None;
+        match next {
+            InstanceState::Terminated => {
+                if i.state != InstanceState::ShuttingDown {
+                    i.state = InstanceState::ShuttingDown;
+                }
+                delete_volumes(i, &dir)?;
+                i.set_state(InstanceState::Terminated, format!("terminated: {reason}"))
+            }
+            _ => {
+                if i.state != InstanceState::Stopped {
+                    i.state = InstanceState::Stopped;
+                }
+                i.state_reason = reason.clone();
+                Ok(())
+            }
+        }
+    });
+    match inst {
+        Ok(i) => Ok(Some(i)),
+        Err(InstanceError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Delete the overlays of volumes marked DeleteOnTermination.
+pub fn delete_volumes(inst: &mut Instance, dir: &Path) -> Result<()> {
+    for v in inst
+        .volumes
+        .iter_mut()
+        .filter(|v| v.delete_on_termination && !v.deleted)
+    {
+        let path = dir.join(&v.overlay);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(InstanceError::io(format!("delete {}", path.display()), e)),
+        }
+        v.deleted = true;
+    }
+    Ok(())
+}
+
+/// Delete an instance entirely: its record and its directory (`--rm`).
+pub fn remove(store: &Store, id: &str) -> Result<()> {
+    let dir = store.record_data_dir(record::KIND, id)?;
+    store.delete_record(record::KIND, id)?;
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(InstanceError::io(format!("delete {}", dir.display()), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::events::CrashReason;
+    use InstanceState::*;
+
+    fn ok(e: VmExit) -> std::result::Result<VmExit, InstanceError> {
+        Ok(e)
+    }
+
+    #[test]
+    fn guest_shutdown_follows_the_shutdown_behavior() {
+        for e in [VmExit::Stopped, VmExit::ExitCode(3)] {
+            assert_eq!(
+                state_after(Running, &ok(e.clone()), ShutdownBehavior::Stop, true),
+                Stopped
+            );
+            assert_eq!(
+                state_after(Running, &ok(e), ShutdownBehavior::Terminate, true),
+                Terminated
+            );
+        }
+    }
+
+    #[test]
+    fn host_side_ends_stop_the_instance() {
+        for e in [
+            VmExit::Timeout,
+            VmExit::UserStop,
+            VmExit::ExpectMatched,
+            VmExit::Crashed(CrashReason::TripleFault { rip: 0 }),
+        ] {
+            assert_eq!(
+                state_after(Running, &ok(e), ShutdownBehavior::Terminate, true),
+                Stopped
+            );
+        }
+        // `amivm stop` while the guest exits on its own still stops.
+        assert_eq!(
+            state_after(
+                Stopping,
+                &ok(VmExit::Stopped),
+                ShutdownBehavior::Terminate,
+                false
+            ),
+            Stopped
+        );
+        // `amivm terminate` while running terminates.
+        assert_eq!(
+            state_after(
+                ShuttingDown,
+                &ok(VmExit::UserStop),
+                ShutdownBehavior::Stop,
+                false
+            ),
+            Terminated
+        );
+    }
+
+    #[test]
+    fn failed_first_launch_terminates_but_failed_start_stops() {
+        let err = || Err(InstanceError::Invalid("bad kernel".into()));
+        assert_eq!(
+            state_after(Pending, &err(), ShutdownBehavior::Stop, true),
+            Terminated
+        );
+        assert_eq!(
+            state_after(Pending, &err(), ShutdownBehavior::Stop, false),
+            Stopped
+        );
+        assert!(exit_reason(&err()).contains("launch failed: bad kernel"));
+    }
+
+    #[test]
+    fn volumes_take_the_larger_of_mapping_and_snapshot() {
+        assert_eq!(volume_bytes(64 << 20, 1), GIB);
+        assert_eq!(volume_bytes(3 * GIB + 512, 1), 3 * GIB + 512);
+        assert_eq!(volume_bytes(512, 0), 512);
+    }
+
+    #[test]
+    fn overlay_names() {
+        assert_eq!(overlay_name("/dev/vda"), "vda.cow");
+        assert_eq!(overlay_name("/dev/vdb"), "vdb.cow");
+    }
+}
