@@ -76,7 +76,7 @@ fn check_boot(protocol: &str, vcpus: u32, mem_mib: u64) {
         GUEST_TIMEOUT,
     ]);
     expect_code(&out, 5);
-    let report = Report::parse(&out.stdout);
+    let report = Report::from_run(&out);
     let boot = if protocol == "linux" {
         "linux64"
     } else {
@@ -169,7 +169,7 @@ fn pvh_4_vcpus_5120_mib_split_around_the_gap() {
 fn defaults() {
     let out = amivm(&["--timeout", GUEST_TIMEOUT]);
     expect_code(&out, 0);
-    let report = Report::parse(&out.stdout);
+    let report = Report::from_run(&out);
     report.check_common(&Expect {
         boot: "linux64",
         vcpus: 1,
@@ -185,7 +185,7 @@ fn append_and_exit_port_code() {
     let out = amivm(&["--append", "exit_code=3", "--timeout", GUEST_TIMEOUT]);
     expect_code(&out, 3);
     expect_stderr_mentions(&out, &["3"]);
-    let report = Report::parse(&out.stdout);
+    let report = Report::from_run(&out);
     report.expect_str("cmdline", &format!("{DEFAULT_CMDLINE} exit_code=3"));
     report.expect_str("exit", "3");
 }
@@ -207,7 +207,7 @@ fn exit_port_zero_and_reset_stop_the_vm() {
                 GUEST_TIMEOUT,
             ]);
             expect_code(&out, 0);
-            let report = Report::parse(&out.stdout);
+            let report = Report::from_run(&out);
             report.expect_num("cpus_up", 2);
             let want = if word == "exit=reset" { "reset" } else { "0" };
             report.expect_str("exit", want);
@@ -227,7 +227,7 @@ fn timeout_stops_a_spinning_or_halted_guest() {
             out.describe()
         );
         expect_stderr_mentions(&out, &["timeout"]);
-        Report::parse(&out.stdout).expect_str("exit", &word["exit=".len()..]);
+        Report::from_run(&out).expect_str("exit", &word["exit=".len()..]);
     }
 }
 
@@ -245,7 +245,7 @@ fn triple_fault_is_a_crash() {
         ]);
         expect_code(&out, EXIT_CRASHED);
         expect_stderr_mentions(&out, &["triple fault"]);
-        Report::parse(&out.stdout).expect_str("exit", "triple");
+        Report::from_run(&out).expect_str("exit", "triple");
     }
 }
 
@@ -255,7 +255,7 @@ fn triple_fault_is_a_crash() {
 fn emulation_failure_is_a_crash_with_rip_and_bytes() {
     let out = amivm(&["--cmdline", "exit=int3", "--timeout", GUEST_TIMEOUT]);
     expect_code(&out, EXIT_CRASHED);
-    let report = Report::parse(&out.stdout);
+    let report = Report::from_run(&out);
     let rip = report.num("int3_rip");
     let line = out.stderr.to_lowercase();
     if line.contains("triple fault") {
@@ -334,7 +334,7 @@ fn initrd_reaches_the_guest() {
             GUEST_TIMEOUT,
         ]);
         expect_code(&out, 0);
-        check_initrd(&Report::parse(&out.stdout), &initrd);
+        check_initrd(&Report::from_run(&out), &initrd);
     }
 }
 
@@ -342,7 +342,7 @@ fn check_initrd(report: &Report, initrd: &[u8]) {
     report.expect_num("initrd_size", initrd.len() as u64);
     report.expect_num("initrd_sum", sum64(initrd));
     let base = report.num("initrd_base");
-    report.check(base % 4096 == 0, "the initrd should be page-aligned");
+    report.check(base.is_multiple_of(4096), "the initrd should be page-aligned");
     report.check(
         base + initrd.len() as u64 <= MMIO_GAP_START,
         "the initrd should be below the MMIO gap",

@@ -38,7 +38,7 @@ fn check_boot(vcpus: u32, mem_mib: u64) {
         "QEMU should leave through isa-debug-exit with 5: {}",
         out.describe()
     );
-    let report = Report::parse(&out.stdout);
+    let report = Report::from_run(&out);
     report.check_common(&Expect {
         boot: "pvh",
         vcpus,
@@ -101,7 +101,7 @@ fn qemu_exit_paths() {
     for action in ["reset", "triple"] {
         let out = qemu(2, 128, &format!("exit={action}"));
         assert_eq!(out.code, Some(0), "exit={action}: {}", out.describe());
-        let report = Report::parse(&out.stdout);
+        let report = Report::from_run(&out);
         report.expect_str("exit", action);
         report.expect_num("cpus_up", 2);
     }
@@ -142,7 +142,7 @@ fn qemu_initrd_reaches_the_guest() {
         "{}",
         out.describe()
     );
-    let report = Report::parse(&out.stdout);
+    let report = Report::from_run(&out);
     report.expect_num("initrd_size", initrd.len() as u64);
     report.expect_num("initrd_sum", common::sum64(&initrd));
 }

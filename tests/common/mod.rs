@@ -2,6 +2,7 @@
 //! machine's gcc, running a program with a deadline, and reading the guest's report.
 #![allow(dead_code)]
 
+pub mod blk;
 pub mod report;
 
 use sha2::{Digest, Sha256};

@@ -112,6 +112,14 @@ impl Report {
         }
     }
 
+    /// Parse a run's stdout; failure messages show its exit code, stdout and stderr.
+    pub fn from_run(out: &super::RunOutput) -> Report {
+        Report {
+            raw: out.describe(),
+            ..Report::parse(&out.stdout)
+        }
+    }
+
     /// Panic with `msg` and the guest's whole output.
     #[track_caller]
     pub fn fail(&self, msg: &str) -> ! {
