@@ -94,9 +94,9 @@ mod tests {
         assert_eq!(p.start_info.nr_modules, 1);
         assert_eq!(p.modules[0].paddr, 0x8000_0000);
         // The structures fit in their areas without overlapping the zero page.
-        assert!(PVH_INFO_START + 56 <= PVH_MEMMAP_START);
-        assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= PVH_MODLIST_START);
-        assert!(PVH_MODLIST_START + 32 <= ZERO_PAGE_START);
+        const { assert!(PVH_INFO_START + 56 <= PVH_MEMMAP_START) };
+        const { assert!(PVH_MEMMAP_START + 24 * PVH_MEMMAP_MAX_ENTRIES as u64 <= PVH_MODLIST_START) };
+        const { assert!(PVH_MODLIST_START + 32 <= ZERO_PAGE_START) };
         let none = build(0x20000, None, 0, &map).unwrap();
         assert_eq!(
             (none.start_info.nr_modules, none.start_info.modlist_paddr),

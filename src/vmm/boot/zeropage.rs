@@ -46,13 +46,15 @@ pub fn build(
     if e820.len() > E820_MAX_ENTRIES {
         return Err(ZeroPageError::TooManyE820(e820.len()));
     }
-    let mut p = boot_params::default();
-    p.hdr = hdr.unwrap_or_else(|| setup_header {
-        boot_flag: BOOT_FLAG_MAGIC,
-        header: HDRS_MAGIC,
-        kernel_alignment: ELF_KERNEL_ALIGNMENT,
+    let mut p = boot_params {
+        hdr: hdr.unwrap_or_else(|| setup_header {
+            boot_flag: BOOT_FLAG_MAGIC,
+            header: HDRS_MAGIC,
+            kernel_alignment: ELF_KERNEL_ALIGNMENT,
+            ..Default::default()
+        }),
         ..Default::default()
-    });
+    };
     p.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     p.hdr.cmd_line_ptr = inputs.cmdline_addr as u32;
     p.ext_cmd_line_ptr = (inputs.cmdline_addr >> 32) as u32;

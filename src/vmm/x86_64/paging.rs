@@ -68,6 +68,6 @@ mod tests {
         addrs.sort();
         addrs.dedup();
         assert_eq!(addrs.len(), e.len());
-        assert!(PDE_START + PDE_COUNT * 0x1000 <= crate::vmm::layout::FREE_TRAMPOLINE_PAGE);
+        const { assert!(PDE_START + PDE_COUNT * 0x1000 <= crate::vmm::layout::FREE_TRAMPOLINE_PAGE) };
     }
 }
