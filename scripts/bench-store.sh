@@ -46,6 +46,7 @@ with open(path, "wb") as f:
         f.write(os.urandom(mib))
 EOF
 python3 -c "import struct,sys; h=bytearray(64); h[0:4]=b'\x7fELF'; h[4]=2; h[18:20]=struct.pack('<H',62); open(sys.argv[1],'wb').write(bytes(h))" "$WORK/vmlinux"
+sync
 echo "   apparent $(du -k --apparent-size "$SRC" | cut -f1) KiB, allocated $(du -k "$SRC" | cut -f1) KiB"
 echo "   amivm: $AMIVM_BIN"
 echo "   runs: $RUNS"

@@ -144,19 +144,26 @@ impl LocalDir {
 
     fn apply(&self, j: &Journal) -> Result<()> {
         let root = self.layout.root();
+        let mut dirs = std::collections::BTreeSet::new();
         for (from, to) in &j.renames {
             let (from, to) = (root.join(from), root.join(to));
             if from.exists() {
                 if let Some(parent) = to.parent() {
                     fsio::mkdirs(parent)?;
+                    dirs.insert(parent.to_path_buf());
                 }
                 std::fs::rename(&from, &to).map_err(|e| StoreError::io("rename into", &to, e))?;
             }
         }
         for d in &j.deletes {
-            fsio::remove_if_exists(&root.join(d))?;
+            let p = root.join(d);
+            if fsio::remove_if_exists(&p)? {
+                if let Some(parent) = p.parent() {
+                    dirs.insert(parent.to_path_buf());
+                }
+            }
         }
-        fsio::syncfs(root)?;
+        fsio::fsync_all(&dirs.into_iter().collect::<Vec<_>>())?;
         fsio::remove_if_exists(&self.layout.journal())?;
         fsio::fsync_dir(root)
     }
@@ -235,7 +242,9 @@ impl ObjectStore for LocalDir {
         }
         // The data must be durable before it gets its final name: a chunk that exists under
         // its hash is trusted forever after (dedup never re-reads it).
-        fsio::syncfs(&self.layout.tmp())?;
+        let files: Vec<PathBuf> = staged.iter().map(|s| s.2.clone()).collect();
+        fsio::fsync_all(&files)?;
+        let mut dirs = std::collections::BTreeSet::new();
         for (ns, hash, path) in staged {
             let dest = self.obj(*ns, hash);
             if self.object_exists(*ns, hash)? {
@@ -243,11 +252,14 @@ impl ObjectStore for LocalDir {
                 continue;
             }
             if let Some(parent) = dest.parent() {
-                fsio::mkdirs(parent)?;
+                if dirs.insert(parent.to_path_buf()) && !parent.exists() {
+                    fsio::mkdirs(parent)?;
+                    dirs.insert(self.layout.dir(ns.dir()));
+                }
             }
             std::fs::rename(path, &dest).map_err(|e| StoreError::io("rename into", &dest, e))?;
         }
-        Ok(())
+        fsio::fsync_all(&dirs.into_iter().collect::<Vec<_>>())
     }
 
     fn get_doc(&self, collection: &Collection, id: &str) -> Result<Option<Vec<u8>>> {

@@ -12,7 +12,7 @@
 //!
 //! # Guarantees
 //! Every change goes through a [`Txn`]: data is staged under `tmp/`, and the commit (under an
-//! flock(2) on `STORE/lock`) makes objects durable (syncfs) before renaming them into place and
+//! flock(2) on `STORE/lock`) makes objects durable (fsync) before renaming them into place and
 //! applies the manifests through a redo journal, so readers see all of a change or none of it,
 //! even across `kill -9` or power loss. `gc` ([`Store::gc`]) deletes only chunks and blobs
 //! that no snapshot, image or record references, and staging left by dead processes; it

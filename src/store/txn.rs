@@ -77,7 +77,11 @@ impl<'s> Txn<'s> {
             return Ok(());
         }
         let p = self.dir.join(hash.to_hex());
-        std::fs::write(&p, data).map_err(|e| fsio::not_writable_or_io("write", &p, e))?;
+        let mut f = File::create(&p).map_err(|e| fsio::not_writable_or_io("create", &p, e))?;
+        f.write_all(data)
+            .map_err(|e| fsio::not_writable_or_io("write", &p, e))?;
+        // Start writing it back now, so the fsync at commit finds little left to do.
+        fsio::start_writeback(&f);
         self.objects.push((ObjectNs::Chunk, *hash, p));
         self.staged.insert((ObjectNs::Chunk, *hash));
         self.new_chunks += 1;
