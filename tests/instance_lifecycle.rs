@@ -1,0 +1,282 @@
+//! The instance lifecycle with the test guest (issue 5): every state from pending to
+//! terminated, `--detach`, `logs`, `stop` from the host (exit 130 in the foreground), shutdown
+//! behaviour and `--rm`, `kill -9` of a running instance (then `ps` shows it stopped, its volume
+//! holds what the guest flushed, and `start` works), and create-image of a running instance.
+
+mod common;
+mod instance_common;
+
+use common::{run_with_deadline, sum64, Report};
+use instance_common::*;
+use std::time::{Duration, Instant};
+
+/// amivm's exit code when the VM was stopped from the host.
+const EXIT_HOST_STOPPED: i32 = 130;
+/// How long a state change may take here (guests run under KVM's emulator).
+const STATE_WAIT: Duration = Duration::from_secs(30);
+
+/// `run --detach`: returns the instance id printed on stdout.
+#[track_caller]
+fn detach(env: &Env, args: &[&str]) -> String {
+    let mut all = vec!["run", env.ami.as_str(), "--detach"];
+    all.extend_from_slice(args);
+    let out = env.ok(&all);
+    let id = out.trim().to_string();
+    assert!(
+        id.starts_with("i-") && id.len() == 19,
+        "--detach printed {out:?}"
+    );
+    id
+}
+
+/// Wait until the instance's console log shows `needle`.
+#[track_caller]
+fn wait_log(env: &Env, id: &str, needle: &str) -> Report {
+    let t0 = Instant::now();
+    loop {
+        let r = env.logs(id);
+        if r.raw.contains(needle) {
+            return r;
+        }
+        assert!(
+            t0.elapsed() < STATE_WAIT,
+            "{id}'s console never showed {needle:?}:\n{}",
+            r.raw
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pid(env: &Env, id: &str) -> u32 {
+    env.instance(id)["Pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{id} has no Pid: {}", env.instance(id))) as u32
+}
+
+#[test]
+fn lifecycle_through_every_state() {
+    let env = Env::new();
+    let id = detach(&env, &["--append", "exit=hang", "--name", "web"]);
+    // --detach returns once the VM is built.
+    assert_eq!(env.state(&id), "running");
+    let r = wait_log(&env, &id, "AMIVM-GUEST exit=hang");
+    r.expect_num("cpus_up", 2);
+    let ps = env.ok(&["ps"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.contains(&id) && l.contains("web") && l.contains("running")),
+        "{ps}"
+    );
+
+    // stop without --force: the guest (which ignores Ctrl-Alt-Del) is `stopping` for the grace
+    // period, then stopped.
+    std::thread::scope(|s| {
+        let stopper = s.spawn(|| env.run(&["stop", "web"]));
+        env.wait_state(&id, "stopping", STATE_WAIT);
+        let out = stopper.join().unwrap();
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+    });
+    assert_eq!(env.state(&id), "stopped");
+    let overlay = env.instance_dir(&id).join("vda.cow");
+    assert!(overlay.is_file(), "a stopped instance keeps its volume");
+
+    // start: same volumes, running again (pending in between).
+    let out = env.ok(&["start", "web"]);
+    assert_eq!(out.trim(), id);
+    assert_eq!(env.state(&id), "running");
+    let inst = env.instance(&id);
+    assert_eq!(inst["BlockDeviceMappings"][0]["Ebs"]["Deleted"], false);
+
+    // terminate without --force: shutting-down during the grace period, then terminated.
+    std::thread::scope(|s| {
+        let t = s.spawn(|| env.run(&["terminate", &id]));
+        env.wait_state(&id, "shutting-down", STATE_WAIT);
+        let out = t.join().unwrap();
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+    });
+    assert_eq!(env.state(&id), "terminated");
+    assert!(
+        !overlay.exists(),
+        "terminate kept a DeleteOnTermination volume"
+    );
+    assert!(
+        !env.ok(&["ps"]).contains(&id),
+        "ps without --all shows terminated"
+    );
+    // Terminating again is a no-op; starting a terminated instance fails.
+    env.ok(&["terminate", &id]);
+    let out = env.run(&["start", &id]);
+    assert_eq!(out.code, Some(EXIT_FAILED), "{}", out.describe());
+    assert!(out.stderr.contains("terminated"), "{}", out.describe());
+    // Its console log outlives it.
+    env.logs(&id).expect_str("exit", "hang");
+}
+
+#[test]
+fn stop_from_the_host_ends_a_foreground_run_with_130() {
+    let env = Env::new();
+    let mut cmd = env.cmd_as(OWNER, &["run", &env.ami, "--append", "exit=hang"]);
+    cmd.arg("--name").arg("fg");
+    std::thread::scope(|s| {
+        let fg = s.spawn(move || run_with_deadline(cmd, DEADLINE));
+        let t0 = Instant::now();
+        let id = loop {
+            if let Some(i) = env
+                .ps()
+                .into_iter()
+                .find(|i| i["Name"] == "fg" && i["State"]["Name"] == "running")
+            {
+                break i["InstanceId"].as_str().unwrap().to_string();
+            }
+            assert!(t0.elapsed() < STATE_WAIT, "the instance never ran");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = env.run(&["stop", "--force", &id]);
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        let fg = fg.join().unwrap();
+        assert_eq!(fg.code, Some(EXIT_HOST_STOPPED), "{}", fg.describe());
+        assert_eq!(env.state(&id), "stopped");
+    });
+}
+
+#[test]
+fn shutdown_behavior_terminate_and_rm() {
+    let env = Env::new();
+    let out = env.launch(
+        &env.ami,
+        &[
+            "--shutdown-behavior",
+            "terminate",
+            "--append",
+            "exit_code=0",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let id = launched_id(&out);
+    assert_eq!(env.state(&id), "terminated");
+    assert!(!env.instance_dir(&id).join("vda.cow").exists());
+
+    // A host-side end (timeout) stops rather than terminates.
+    let out = env.run(&[
+        "run",
+        &env.ami,
+        "--shutdown-behavior",
+        "terminate",
+        "--timeout",
+        "1",
+        "--append",
+        "exit=hang",
+    ]);
+    assert_eq!(out.code, Some(EXIT_TIMEOUT), "{}", out.describe());
+    assert_eq!(env.state(&launched_id(&out)), "stopped");
+
+    let out = env.launch(&env.ami, &["--rm", "--append", "exit_code=5"]);
+    assert_eq!(out.code, Some(5), "{}", out.describe());
+    let id = launched_id(&out);
+    assert!(env.ps().iter().all(|i| i["InstanceId"] != id.as_str()));
+    assert!(!env.instance_dir(&id).exists(), "--rm left its directory");
+}
+
+/// The guest's pattern for generation `g` of `blk=crashloop:S:C:SEED` (tests/guest/README.md).
+fn crashloop_sum(seed: u64, g: u64, sector: u64, count: u64) -> u64 {
+    let s = seed.wrapping_add(g << 32);
+    let start = sector * 512;
+    let bytes: Vec<u8> = (0..count * 512 / 8)
+        .flat_map(|w| s.wrapping_add(start / 8 + w).to_le_bytes())
+        .collect();
+    sum64(&bytes)
+}
+
+#[test]
+fn kill_9_then_ps_shows_stopped_and_start_works() {
+    let env = Env::new();
+    let seed = 0x6b696c6c_0000_0000u64;
+    let (sector, count) = (64u64, 8u64);
+    let id = detach(
+        &env,
+        &[
+            "--append",
+            &format!("blk=crashloop:{sector}:{count}:{seed}"),
+        ],
+    );
+    wait_log(&env, &id, "gen=3 flushed");
+    let p = pid(&env, &id);
+    // SAFETY: kill only reads its arguments; `p` is the instance's amivm process, which this
+    // test started.
+    assert_eq!(unsafe { libc::kill(p as i32, libc::SIGKILL) }, 0);
+    // The kernel releases the process's files (and its run lock) once its last thread is gone.
+    env.wait_state(&id, "stopped", Duration::from_secs(5));
+    assert!(!process_alive(p));
+    let reason = env.instance(&id)["StateReason"].to_string();
+    assert!(reason.contains("died"), "{reason}");
+
+    // The volume holds a whole generation at least as new as the last one logged as flushed.
+    let log = env.logs(&id);
+    let last = log
+        .records("blk")
+        .iter()
+        .filter(|r| r.words.first().map(String::as_str) == Some("crashloop"))
+        .filter_map(|r| r.field("gen")?.parse::<u64>().ok())
+        .max()
+        .expect("crashloop lines");
+    let ami = env.ok(&["create-image", &id, "--name", "after-kill"]);
+    let out = env.launch(
+        ami.trim(),
+        &["--rm", "--append", &format!("blk=read:{sector}:{count}")],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let r = Report::from_run(&out);
+    let rec = r
+        .records("blk")
+        .into_iter()
+        .find(|b| b.words.first().map(String::as_str) == Some("read"))
+        .expect("blk read line");
+    let sum = common::report::parse_num(rec.field("sum").unwrap()).unwrap();
+    let gen = (last..last + 100_000).find(|&g| crashloop_sum(seed, g, sector, count) == sum);
+    assert!(
+        gen.is_some(),
+        "the volume does not hold a whole generation >= {last} (the last flushed one)"
+    );
+
+    // start works, on the same volume.
+    assert_eq!(env.ok(&["start", &id]).trim(), id);
+    assert_eq!(env.state(&id), "running");
+    env.ok(&["terminate", "--force", &id]);
+    assert_eq!(env.state(&id), "terminated");
+}
+
+#[test]
+fn create_image_of_a_running_instance_needs_no_reboot() {
+    let env = Env::new();
+    let seed = 0x72756e6e696e6721u64;
+    let id = detach(
+        &env,
+        &[
+            "--append",
+            &format!("blk=write:8:8:{seed} blk=flush exit=hang"),
+        ],
+    );
+    wait_log(&env, &id, "AMIVM-GUEST exit=hang");
+    let out = env.run(&["create-image", &id, "--name", "live"]);
+    assert_eq!(out.code, Some(EXIT_FAILED), "{}", out.describe());
+    assert!(out.stderr.contains("--no-reboot"), "{}", out.describe());
+    let ami = env.ok(&["create-image", &id, "--name", "live", "--no-reboot"]);
+    assert_eq!(
+        env.state(&id),
+        "running",
+        "--no-reboot stopped the instance"
+    );
+    let out = env.launch(ami.trim(), &["--rm", "--append", "blk=read:8:8"]);
+    let r = Report::from_run(&out);
+    let sum = r
+        .records("blk")
+        .into_iter()
+        .find(|b| b.words.first().map(String::as_str) == Some("read"))
+        .and_then(|b| common::report::parse_num(b.field("sum")?))
+        .unwrap_or_else(|| r.fail("no blk read sum"));
+    let want: Vec<u8> = (0..8 * 512 / 8u64)
+        .flat_map(|w| seed.wrapping_add(8 * 512 / 8 + w).to_le_bytes())
+        .collect();
+    assert_eq!(sum, sum64(&want), "the image lacks what the guest flushed");
+    env.ok(&["terminate", "-f", &id]);
+}
