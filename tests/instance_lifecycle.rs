@@ -190,7 +190,7 @@ fn crashloop_sum(seed: u64, g: u64, sector: u64, count: u64) -> u64 {
 #[test]
 fn kill_9_then_ps_shows_stopped_and_start_works() {
     let env = Env::new();
-    let seed = 0x6b696c6c_0000_0000u64;
+    let seed = 0x6b69_6c6c_0000_0000_u64;
     let (sector, count) = (64u64, 8u64);
     let id = detach(
         &env,

@@ -244,7 +244,7 @@ fn root_snapshot(env: &Env, ami: &str) -> String {
 #[test]
 fn create_image_keeps_the_marker_and_stores_only_touched_chunks() {
     let env = Env::new();
-    let seed: u64 = 0x6d61726b6572_0001;
+    let seed: u64 = 0x6d61_726b_6572_0001;
     // 16 sectors at 1 MiB: inside the third 512 KiB chunk only.
     let (sector, count) = (2048u64, 16u64);
     let old_snap = root_snapshot(&env, &env.ami);
