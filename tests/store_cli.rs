@@ -423,7 +423,7 @@ fn errors_are_one_line_and_leave_the_store_unchanged() {
         (vec!["image", "show", "ami-0123456789abcdef0"], "not found"),
         (vec!["image", "show", "no-such-name"], "no image named"),
         (vec!["image", "show", "twin"], "ambiguous"),
-        (vec!["image", "show", "ami-zz"], "not a valid image id"),
+        (vec!["image", "show", "ami-zz"], "no image named 'ami-zz'"),
         (
             vec!["image", "create", "--name", "x", "--kernel", k, "--root", d],
             "invalid image name",

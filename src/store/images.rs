@@ -55,8 +55,8 @@ impl Store {
     /// Find an image `caller` can see by id, or by name (a name several visible images share
     /// resolves to the caller's own one if exactly one is theirs, else it is ambiguous).
     pub fn resolve_image(&self, caller: &AccountId, id_or_name: &str) -> Result<Image> {
-        if id_or_name.starts_with(ImageId::PREFIX) {
-            let id = ImageId::parse(id_or_name)?;
+        // "ami-" + 17 hex digits is an id; anything else (even "ami-web") is a name.
+        if let Ok(id) = ImageId::parse(id_or_name) {
             return match self.image(&id) {
                 Ok(img) if can_see(caller, &img) => Ok(img),
                 Ok(_) | Err(StoreError::NotFound(_)) => Err(StoreError::NotFound(format!(
