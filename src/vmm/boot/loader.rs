@@ -26,6 +26,9 @@ pub const XLF_KERNEL_64: u16 = 1 << 0;
 /// Offset of the 64-bit entry point from the start of the protected-mode kernel (boot.rst,
 /// "64-bit Boot Protocol": "at the offset 0x200").
 pub const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+/// How much of the file we read to identify it: the boot sector and the whole setup header,
+/// which ends before offset 0x280 in every protocol version (boot.rst's header table).
+const HEAD_LEN: usize = 0x400;
 /// Page size for initrd alignment.
 const PAGE_SIZE: u64 = 4096;
 
@@ -100,7 +103,7 @@ pub struct LoadedKernel {
     pub setup_header: Option<setup_header>,
 }
 
-/// Identify a kernel from its first 0x210 bytes.
+/// Identify a kernel from its first bytes (at least [`HEAD_LEN`] when the file has them).
 pub fn detect_format(head: &[u8]) -> Option<KernelFormat> {
     if head.len() >= 4 && &head[0..4] == ELF_MAGIC {
         return Some(KernelFormat::Elf);
@@ -119,6 +122,16 @@ pub fn elf_class_machine(head: &[u8]) -> (u8, u16) {
         .map(|b| u16::from_le_bytes([b[0], b[1]]))
         .unwrap_or(0);
     (class, machine)
+}
+
+/// The setup header of a bzImage from its first bytes (fields the file lacks stay zero).
+pub fn parse_setup_header(head: &[u8]) -> setup_header {
+    let mut hdr = setup_header::default();
+    let hb = vm_memory::ByteValued::as_mut_slice(&mut hdr);
+    let start = SETUP_HEADER_OFFSET as usize;
+    let avail = head.len().saturating_sub(start).min(hb.len());
+    hb[..avail].copy_from_slice(&head[start..start + avail]);
+    hdr
 }
 
 /// Check a bzImage's setup header for what our 64-bit entry needs.
@@ -145,7 +158,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
         source,
     };
     let mut f = File::open(path).map_err(rd)?;
-    let mut head = vec![0u8; 0x210];
+    let mut head = vec![0u8; HEAD_LEN];
     let n = read_up_to(&mut f, &mut head).map_err(rd)?;
     head.truncate(n);
     match detect_format(&head) {
@@ -179,11 +192,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
             })
         }
         Some(KernelFormat::BzImage) => {
-            let mut hdr = setup_header::default();
-            let hb = vm_memory::ByteValued::as_mut_slice(&mut hdr);
-            let start = SETUP_HEADER_OFFSET as usize;
-            let avail = head.len().saturating_sub(start).min(hb.len());
-            hb[..avail].copy_from_slice(&head[start..start + avail]);
+            let hdr = parse_setup_header(&head);
             check_bzimage_header(&p, &hdr)?;
             f.seek(SeekFrom::Start(0)).map_err(rd)?;
             let r = BzImage::load(mem, None, &mut f, Some(GuestAddress(HIMEM_START))).map_err(
@@ -266,6 +275,43 @@ mod tests {
         assert_eq!(detect_format(&bz), Some(KernelFormat::BzImage));
         assert_eq!(detect_format(b"#!/bin/sh\n"), None);
         assert_eq!(detect_format(&[]), None);
+    }
+
+    #[test]
+    fn setup_header_fields_at_boot_protocol_offsets() {
+        // Offsets from Documentation/arch/x86/boot.rst, "The Real-Mode Kernel Header".
+        let mut f = vec![0u8; HEAD_LEN];
+        let put = |f: &mut Vec<u8>, off: usize, b: &[u8]| f[off..off + b.len()].copy_from_slice(b);
+        put(&mut f, 0x1f1, &[27]); // setup_sects
+        put(&mut f, 0x1fe, &0xaa55u16.to_le_bytes()); // boot_flag
+        put(&mut f, 0x202, b"HdrS"); // header
+        put(&mut f, 0x206, &0x020fu16.to_le_bytes()); // version
+        put(&mut f, 0x211, &[0x01]); // loadflags: LOADED_HIGH
+        put(&mut f, 0x214, &0x10_0000u32.to_le_bytes()); // code32_start
+        put(&mut f, 0x22c, &0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+        put(&mut f, 0x230, &0x20_0000u32.to_le_bytes()); // kernel_alignment
+        put(&mut f, 0x236, &0x007fu16.to_le_bytes()); // xloadflags
+        put(&mut f, 0x238, &2047u32.to_le_bytes()); // cmdline_size
+        put(&mut f, 0x258, &0x100_0000u64.to_le_bytes()); // pref_address
+        put(&mut f, 0x260, &0x2a_0000u32.to_le_bytes()); // init_size
+        let h = parse_setup_header(&f);
+        assert_eq!(detect_format(&f), Some(KernelFormat::BzImage));
+        assert_eq!(h.setup_sects, 27);
+        assert_eq!({ h.boot_flag }, 0xaa55);
+        assert_eq!({ h.version }, 0x020f);
+        assert_eq!(h.loadflags, 1);
+        assert_eq!({ h.code32_start }, 0x10_0000);
+        assert_eq!({ h.initrd_addr_max }, 0x7fff_ffff);
+        assert_eq!({ h.kernel_alignment }, 0x20_0000);
+        assert_eq!({ h.xloadflags } & XLF_KERNEL_64, XLF_KERNEL_64);
+        assert_eq!({ h.cmdline_size }, 2047);
+        assert_eq!({ h.pref_address }, 0x100_0000);
+        assert_eq!({ h.init_size }, 0x2a_0000);
+        assert!(check_bzimage_header("k", &h).is_ok());
+        // A file cut short after the magic: the later fields read as zero and the check refuses it.
+        let short = parse_setup_header(&f[..0x210]);
+        assert_eq!({ short.xloadflags }, 0);
+        assert!(check_bzimage_header("k", &short).is_err());
     }
 
     #[test]
