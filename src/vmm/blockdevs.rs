@@ -5,6 +5,7 @@ use super::devices::bus::{Bus, SharedDevice};
 use super::devices::virtio::{
     cmdline_fragment, new_block, BlockConfig, MMIO_WINDOW_SIZE, NOTIFY_OFFSET,
 };
+use super::events::{EventSink, VmEvent};
 use super::layout::{MAX_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 use super::VmmError;
 use crate::volume::BlockBackend;
@@ -102,8 +103,9 @@ impl DeviceThread {
     }
 }
 
-/// Run the event manager on its own thread.
-pub fn spawn_event_thread(mut events: Events) -> std::io::Result<DeviceThread> {
+/// Run the event manager on its own thread. A device that panics (a bug: guest input must never
+/// make one panic) ends the VM with a VMM error instead of leaving the guest without answers.
+pub fn spawn_event_thread(mut events: Events, sink: EventSink) -> std::io::Result<DeviceThread> {
     let stop = Arc::new(AtomicBool::new(false));
     let waker = EventFd::new(libc::EFD_NONBLOCK)?;
     events.add_subscriber(Arc::new(Mutex::new(StopWaker(waker.try_clone()?))));
@@ -111,11 +113,20 @@ pub fn spawn_event_thread(mut events: Events) -> std::io::Result<DeviceThread> {
     let handle = std::thread::Builder::new()
         .name("virtio".into())
         .spawn(move || {
-            while !flag.load(Ordering::Acquire) {
-                if let Err(e) = events.run_with_timeout(EVENT_LOOP_TIMEOUT_MS) {
-                    log::error!("event loop: {e:?}");
-                    break;
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                while !flag.load(Ordering::Acquire) {
+                    if let Err(e) = events.run_with_timeout(EVENT_LOOP_TIMEOUT_MS) {
+                        return Err(format!("device event loop failed: {e:?}"));
+                    }
                 }
+                Ok(())
+            }));
+            match ran {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => sink.send(VmEvent::VmmError(why)),
+                Err(_) => sink.send(VmEvent::VmmError(
+                    "a virtio device failed (panicked)".into(),
+                )),
             }
         })?;
     Ok(DeviceThread {

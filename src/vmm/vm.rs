@@ -348,9 +348,11 @@ impl Vmm {
         let mut threads = Vec::new();
         let event_thread = match self.device_events.take().filter(|_| self.has_drives) {
             Some(ev) => Some(
-                blockdevs::spawn_event_thread(ev).map_err(|source| VmmError::Io {
-                    what: "cannot start the device thread".into(),
-                    source,
+                blockdevs::spawn_event_thread(ev, self.events.clone()).map_err(|source| {
+                    VmmError::Io {
+                        what: "cannot start the device thread".into(),
+                        source,
+                    }
                 })?,
             ),
             None => None,
@@ -365,7 +367,17 @@ impl Vmm {
             };
             let h = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
-                .spawn(move || run_vcpu(vcpu, id as u32, ctx))
+                .spawn(move || {
+                    let sink = ctx.events.clone();
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_vcpu(vcpu, id as u32, ctx)
+                    }));
+                    if ran.is_err() {
+                        sink.send(VmEvent::VmmError(format!(
+                            "vCPU {id} thread failed (panicked)"
+                        )));
+                    }
+                })
                 .map_err(|source| VmmError::Io {
                     what: "cannot start a vCPU thread".into(),
                     source,
