@@ -107,7 +107,8 @@ pub struct AccountId(String);
 impl AccountId {
     /// A fresh random account id (no leading zero, so it reads as a number too).
     pub fn generate() -> Self {
-        let n: u64 = rand::thread_rng().gen_range(100_000_000_000..1_000_000_000_000);
+        let lowest = 10u64.pow(ACCOUNT_ID_LEN as u32 - 1);
+        let n: u64 = rand::thread_rng().gen_range(lowest..lowest * 10);
         AccountId(n.to_string())
     }
 

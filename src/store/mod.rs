@@ -20,25 +20,46 @@
 //!
 //! # API for the instance module
 //! ```no_run
-//! # use amivm::store::*;
-//! # fn demo(volume: &mut dyn amivm::volume::BlockBackend, dirty: &[u64]) -> Result<()> {
-//! let store = Store::open(&Store::default_dir()?)?;
-//! let caller = store.resolve_account(None)?;               // --account / AMIVM_ACCOUNT / config
-//! let image = store.resolve_image(&caller, "my-image")?;   // id or unique name, visible to caller
-//! store.check_launch_permission(&caller, &image)?;
-//! let kernel = store.kernel_blob_path(&image)?;            // a file the VMM can read
-//! let initrd = store.initrd_blob_path(&image)?;            // Option<PathBuf>
-//! let root = image.root_mapping().unwrap();
-//! let base = store.snapshot_view(&root.ebs.snapshot_id)?;  // impl BlockBackend, read-only
-//! // ... run the instance over a copy-on-write overlay on `base`; later, create-image:
-//! let snap = store.create_snapshot_incremental(&caller, &root.ebs.snapshot_id, volume, dirty, "backup")?;
-//! # Ok(()) }
+//! use amivm::store::{snapshots::dirty_chunks_from_blocks, Record, Result, Store, StoreRefs};
+//! use amivm::volume::cow::CowOverlay;
+//!
+//! fn demo() -> Result<()> {
+//!     let store = Store::open(&Store::default_dir()?)?;
+//!     let caller = store.resolve_account(None)?; // --account / AMIVM_ACCOUNT / config
+//!     let image = store.resolve_image(&caller, "my-image")?; // id or unique name
+//!     store.check_launch_permission(&caller, &image)?;
+//!     let kernel = store.kernel_blob_path(&image)?; // a file the VMM can read
+//!     let initrd = store.initrd_blob_path(&image)?; // Option<PathBuf>
+//!     let root = image.root_mapping().expect("validated images have a root mapping");
+//!     let snap = &root.ebs.snapshot_id;
+//!
+//!     // Keep the image's snapshots and blobs alive while the instance exists.
+//!     let id = "i-0123456789abcdef0";
+//!     let rec = Record { id: id.to_string(), refs: StoreRefs::of_image(&image), data: "running" };
+//!     store.put_record("instances", &rec)?;
+//!
+//!     // The instance's disk: a copy-on-write overlay over a read-only snapshot view.
+//!     let base = store.snapshot_view(snap)?; // impl BlockBackend: chunk bytes or zeros
+//!     let overlay_path = store.record_data_dir("instances", id)?.join("vda.cow");
+//!     let mut disk = CowOverlay::open(Box::new(base), &overlay_path, snap.as_str())?;
+//!
+//!     // create-image: hash only the chunks the instance wrote.
+//!     let dirty = dirty_chunks_from_blocks(disk.dirty_blocks(), CowOverlay::block_size());
+//!     let new_snap =
+//!         store.create_snapshot_incremental(&caller, snap, &mut disk, &dirty, "from i-0123")?;
+//!     let mut mapping = root.clone();
+//!     mapping.ebs.snapshot_id = new_snap;
+//!     let new_image = store.image_from_snapshots(&caller, "my-image v2", "", &image, vec![mapping])?;
+//!     store.register_image(&new_image)?;
+//!     # let _ = (kernel, initrd);
+//!     Ok(())
+//! }
 //! ```
-//! To build a multi-volume image from an instance atomically, use [`Store::begin`] and
-//! [`Txn::snapshot_incremental`] per volume, then [`Store::image_from_snapshots`] +
-//! [`Txn::put_image`] and [`Txn::commit`]. Instance records: [`Store::put_record`],
-//! [`Store::update_record`], [`Store::list_records`], [`Store::delete_record`],
-//! [`Store::record_data_dir`].
+//! To build a multi-volume image atomically, use [`Store::begin`] and
+//! [`Txn::snapshot_incremental`] per volume, then [`Txn::put_image`] and [`Txn::commit`] with
+//! [`Store::check_register`] as the check. Records: [`Store::put_record`],
+//! [`Store::update_record`], [`Store::get_record`], [`Store::list_records`],
+//! [`Store::delete_record`], [`Store::record_data_dir`].
 
 pub mod accounts;
 pub mod backend;

@@ -21,6 +21,11 @@ pub const DIR_HEADROOM_PERCENT: u64 = 50;
 const PER_ENTRY_BYTES: u64 = 4096;
 /// mke2fs's default bytes-per-inode ratio (mke2fs.conf `inode_ratio = 16384`).
 const EXT4_INODE_RATIO: u64 = 16384;
+/// Inodes a directory's file system gets per entry of the directory (room for the guest to
+/// create as many files again)...
+const INODE_GROWTH_FACTOR: u64 = 2;
+/// ...plus this many spare inodes.
+const INODE_SPARE: u64 = 1024;
 /// The ELF magic (System V ABI, e_ident[EI_MAG0..EI_MAG3]).
 const ELF_MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
 /// e_ident[EI_CLASS] value for 64-bit objects (ELFCLASS64).
@@ -190,8 +195,8 @@ pub fn mkfs_ext4_from_dir(dir: &Path, out: &Path, size: Option<u64>) -> Result<(
     let mut cmd = Command::new("mkfs.ext4");
     cmd.args(["-q", "-F", "-L", "root", "-E", "root_owner=0:0", "-d"])
         .arg(dir);
-    // Enough inodes for every entry twice over, when the default ratio would give fewer.
-    let want_inodes = entries * 2 + 1024;
+    // Enough inodes for every entry and room to grow, when the default ratio would give fewer.
+    let want_inodes = entries * INODE_GROWTH_FACTOR + INODE_SPARE;
     if want_inodes > size / EXT4_INODE_RATIO {
         cmd.arg("-N").arg(want_inodes.to_string());
     }
