@@ -70,6 +70,14 @@ pub fn create_vcpu(
     let err = |step| move |source| VcpuError { id, step, source };
     let vcpu = vm.create_vcpu(id as u64).map_err(err("KVM_CREATE_VCPU"))?;
     let table = cpuid::normalize(supported, id, n, opts);
+    if let Some(l1) = table.iter().find(|e| e.function == 1) {
+        log::debug!(
+            "vCPU {id}: CPUID.1 ecx={:#x} edx={:#x} ({opts:?}, {} leaves)",
+            l1.ecx,
+            l1.edx,
+            table.len()
+        );
+    }
     let cpuid =
         CpuId::from_entries(&table[..table.len().min(KVM_MAX_CPUID_ENTRIES)]).map_err(|_| {
             VcpuError {

@@ -47,7 +47,9 @@ const LEVEL_TYPE_CORE: u32 = 2;
 pub struct CpuidOptions {
     /// Hide the features KVM's instruction emulator cannot execute (XSAVE and what needs it,
     /// CMPXCHG16B, SMAP). Used on hosts without hardware virtualisation, where every guest
-    /// instruction goes through the emulator (see the README's "KVM without VT-x" note).
+    /// instruction goes through the emulator (see the README's "KVM without VT-x" note). PVM
+    /// keeps CPUID.1:ECX.XSAVE set whatever the table says, so Linux guests there also need
+    /// `noxsave`; CMPXCHG16B and SMAP do disappear.
     pub hide_emulator_gaps: bool,
 }
 
