@@ -1,7 +1,7 @@
 //! The virtio-blk device proper (virtio 1.2, section 5.2): features, configuration space, and
 //! carrying out requests against a [`BlockBackend`].
 
-use super::request::{self, Limits, ParseError, Request, RequestKind, Segment, ZeroRange};
+use super::request::{self, Limits, ParseError, Request, RequestKind, Scratch, Segment, ZeroRange};
 use super::spec::*;
 use crate::volume::{BlockBackend, VolatileSlice, VolumeError};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -54,6 +54,7 @@ pub struct BlockDevice {
     serial: [u8; BLK_ID_BYTES],
     /// Features negotiated at FEATURES_OK.
     acked: u64,
+    scratch: Scratch,
 }
 
 impl BlockDevice {
@@ -75,6 +76,7 @@ impl BlockDevice {
             read_only,
             serial: id,
             acked: 0,
+            scratch: Scratch::default(),
         }
     }
 
@@ -211,9 +213,10 @@ impl BlockDevice {
     where
         M: std::ops::Deref<Target = GuestMemoryMmap>,
     {
-        match request::parse(mem, chain, limits) {
+        match request::parse_with(mem, chain, limits, &mut self.scratch) {
             Ok(req) => {
                 let (status, written) = self.execute(mem, &req);
+                self.scratch.recycle(req.data);
                 if mem.write_obj(status, req.status).is_err() {
                     return 0;
                 }
@@ -308,6 +311,13 @@ fn with_slices<T>(
     segs: &[Segment],
     f: impl FnOnce(&[VolatileSlice<'_>]) -> Result<T, VolumeError>,
 ) -> Result<T, VolumeError> {
+    if let [one] = segs {
+        // The usual case: one buffer inside one memory region, no list to allocate.
+        if let Ok(slice) = vm_memory::GuestMemoryBackend::get_slice(mem, one.addr, one.len as usize)
+        {
+            return f(&[slice]);
+        }
+    }
     let mut slices = Vec::with_capacity(segs.len());
     for s in segs {
         for slice in mem

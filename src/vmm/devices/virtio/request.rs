@@ -99,6 +99,31 @@ struct Desc {
     writable: bool,
 }
 
+/// Buffers [`parse_with`] reuses from one request to the next, so that serving a request
+/// allocates nothing once they have grown.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    descs: Vec<Desc>,
+    readable: Vec<Segment>,
+    /// Spare vectors for [`Request::data`] and the payload; see [`Scratch::recycle`].
+    pool: Vec<Vec<Segment>>,
+}
+
+impl Scratch {
+    fn vec(&mut self) -> Vec<Segment> {
+        let mut v = self.pool.pop().unwrap_or_default();
+        v.clear();
+        v
+    }
+
+    /// Give a finished request's buffer list back for reuse.
+    pub fn recycle(&mut self, data: Vec<Segment>) {
+        if self.pool.len() < 4 {
+            self.pool.push(data);
+        }
+    }
+}
+
 /// Check `chain` and turn it into a [`Request`].
 pub fn parse<M>(
     mem: &GuestMemoryMmap,
@@ -108,8 +133,22 @@ pub fn parse<M>(
 where
     M: Deref<Target = GuestMemoryMmap>,
 {
+    parse_with(mem, chain, limits, &mut Scratch::default())
+}
+
+/// [`parse`], reusing the buffers in `scratch`.
+pub fn parse_with<M>(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<M>,
+    limits: &Limits,
+    scratch: &mut Scratch,
+) -> Result<Request, ParseError>
+where
+    M: Deref<Target = GuestMemoryMmap>,
+{
     // 1. Walk the chain, bounded.
-    let mut descs: Vec<Desc> = Vec::with_capacity(4);
+    let descs = &mut scratch.descs;
+    descs.clear();
     let mut open_ended = false;
     for d in chain {
         if descs.len() == limits.max_chain {
@@ -150,7 +189,7 @@ where
 
     // 3. Every buffer in RAM; readable before writable.
     let mut seen_writable = false;
-    for d in &descs {
+    for d in descs.iter() {
         if d.writable {
             seen_writable = true;
         } else if seen_writable {
@@ -170,10 +209,12 @@ where
 
     // 4. Split into the readable stream (header + OUT data) and the writable stream (IN data +
     //    status), dropping empty descriptors and the status byte itself.
-    let mut readable: Vec<Segment> = Vec::new();
-    let mut writable: Vec<Segment> = Vec::new();
-    let n = descs.len();
-    for (i, d) in descs.iter().enumerate() {
+    let mut writable = scratch.vec();
+    let mut payload = scratch.vec();
+    let readable = &mut scratch.readable;
+    readable.clear();
+    let n = scratch.descs.len();
+    for (i, d) in scratch.descs.iter().enumerate() {
         let len = if i + 1 == n { d.len - 1 } else { d.len };
         if len == 0 {
             continue;
@@ -186,8 +227,9 @@ where
         }
     }
     let mut header = [0u8; REQ_HEADER_LEN];
-    let payload = take_bytes(mem, &readable, &mut header)
-        .ok_or_else(|| fail("request header shorter than 16 bytes"))?;
+    if !take_bytes(mem, readable, &mut header, &mut payload) {
+        return Err(fail("request header shorter than 16 bytes"));
+    }
     let req_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let mut sector_bytes = [0u8; 8];
     sector_bytes.copy_from_slice(&header[8..16]);
@@ -201,12 +243,12 @@ where
         status: VIRTIO_BLK_S_UNSUPP,
         why,
     };
-    let (kind, data) = match req_type {
+    let (kind, which) = match req_type {
         VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
-            let (len, data, other) = if req_type == VIRTIO_BLK_T_IN {
-                (writable_len, writable, readable_len)
+            let (len, which, other) = if req_type == VIRTIO_BLK_T_IN {
+                (writable_len, Data::Writable, readable_len)
             } else {
-                (readable_len, payload, writable_len)
+                (readable_len, Data::Payload, writable_len)
             };
             if other != 0 {
                 return Err(fail("data buffer with the wrong direction"));
@@ -221,14 +263,14 @@ where
             } else {
                 RequestKind::Out { offset, len }
             };
-            (kind, data)
+            (kind, which)
         }
-        VIRTIO_BLK_T_FLUSH => (RequestKind::Flush, Vec::new()),
+        VIRTIO_BLK_T_FLUSH => (RequestKind::Flush, Data::None),
         VIRTIO_BLK_T_GET_ID => {
             if writable.is_empty() {
                 return Err(fail("GET_ID without a writable buffer"));
             }
-            (RequestKind::GetId, writable)
+            (RequestKind::GetId, Data::Writable)
         }
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
             let discard = req_type == VIRTIO_BLK_T_DISCARD;
@@ -241,11 +283,33 @@ where
             } else {
                 RequestKind::WriteZeroes(ranges)
             };
-            (kind, Vec::new())
+            (kind, Data::None)
         }
         _ => return Err(unsupp("unknown request type")),
     };
+    let data = match which {
+        Data::Writable => {
+            scratch.recycle(payload);
+            writable
+        }
+        Data::Payload => {
+            scratch.recycle(writable);
+            payload
+        }
+        Data::None => {
+            scratch.recycle(payload);
+            scratch.recycle(writable);
+            Vec::new()
+        }
+    };
     Ok(Request { kind, data, status })
+}
+
+/// Which buffer list carries a request's data.
+enum Data {
+    Writable,
+    Payload,
+    None,
 }
 
 /// Byte offset of `count` sectors from `sector`, if they fit in `capacity` sectors.
@@ -254,14 +318,22 @@ fn sector_range(sector: u64, count: u64, capacity: u64) -> Option<u64> {
     (end <= capacity).then_some(sector * SECTOR_SIZE)
 }
 
-/// Copy the first `out.len()` bytes of `segs` into `out`; return the segments that remain.
-fn take_bytes(mem: &GuestMemoryMmap, segs: &[Segment], out: &mut [u8]) -> Option<Vec<Segment>> {
+/// Copy the first `out.len()` bytes of `segs` into `out` and put the segments that remain in
+/// `rest`; false if `segs` holds fewer bytes.
+fn take_bytes(
+    mem: &GuestMemoryMmap,
+    segs: &[Segment],
+    out: &mut [u8],
+    rest: &mut Vec<Segment>,
+) -> bool {
     let mut got = 0;
-    let mut rest = Vec::new();
+    rest.clear();
     for s in segs {
         if got < out.len() {
             let n = (out.len() - got).min(s.len as usize);
-            mem.read_slice(&mut out[got..got + n], s.addr).ok()?;
+            if mem.read_slice(&mut out[got..got + n], s.addr).is_err() {
+                return false;
+            }
             got += n;
             if n < s.len as usize {
                 rest.push(Segment {
@@ -273,7 +345,7 @@ fn take_bytes(mem: &GuestMemoryMmap, segs: &[Segment], out: &mut [u8]) -> Option
             rest.push(*s);
         }
     }
-    (got == out.len()).then_some(rest)
+    got == out.len()
 }
 
 /// Parse the segments of a DISCARD or WRITE_ZEROES payload.
@@ -301,11 +373,14 @@ fn zero_ranges(
         return Err(fail(VIRTIO_BLK_S_IOERR, "more segments than advertised"));
     }
     let mut rest = payload.to_vec();
+    let mut next = Vec::new();
     let mut out = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let mut seg = [0u8; DISCARD_SEGMENT_LEN];
-        rest = take_bytes(mem, &rest, &mut seg)
-            .ok_or_else(|| fail(VIRTIO_BLK_S_IOERR, "segment unreadable"))?;
+        if !take_bytes(mem, &rest, &mut seg, &mut next) {
+            return Err(fail(VIRTIO_BLK_S_IOERR, "segment unreadable"));
+        }
+        std::mem::swap(&mut rest, &mut next);
         let mut sb = [0u8; 8];
         sb.copy_from_slice(&seg[0..8]);
         let sector = u64::from_le_bytes(sb);
