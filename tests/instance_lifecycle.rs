@@ -280,3 +280,56 @@ fn create_image_of_a_running_instance_needs_no_reboot() {
     assert_eq!(sum, sum64(&want), "the image lacks what the guest flushed");
     env.ok(&["terminate", "-f", &id]);
 }
+
+/// Every file under `dir`.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_vm_that_cannot_be_built_fails_the_launch_cleanly() {
+    let env = Env::new();
+    // Damage the AMI's kernel in the store (the only blob): the instance can be created, but
+    // its VM cannot be built.
+    let blobs = files_under(&env.store.join("blobs"));
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    let mut perm = std::fs::metadata(&blobs[0]).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(&blobs[0], perm).unwrap();
+    std::fs::write(&blobs[0], b"not a kernel").unwrap();
+
+    let out = env.run(&["run", &env.ami, "--detach"]);
+    assert_eq!(out.code, Some(EXIT_FAILED), "{}", out.describe());
+    assert_eq!(
+        out.stderr.trim_end().lines().count(),
+        1,
+        "{}",
+        out.describe()
+    );
+    assert!(out.stderr.contains("did not start"), "{}", out.describe());
+    assert!(out.stdout.is_empty(), "{}", out.describe());
+
+    let out = env.launch(&env.ami, &[]);
+    assert_eq!(out.code, Some(EXIT_FAILED), "{}", out.describe());
+    let ps = env.ps();
+    assert_eq!(ps.len(), 2);
+    for i in &ps {
+        assert_eq!(i["State"]["Name"], "terminated", "{i}");
+        assert!(
+            i["StateReason"].to_string().contains("launch failed"),
+            "{i}"
+        );
+        let id = i["InstanceId"].as_str().unwrap();
+        assert!(!env.instance_dir(id).join("vda.cow").exists());
+    }
+}

@@ -369,3 +369,26 @@ fn ten_instances_of_one_ami_at_once() {
     let out = env.launch(&env.ami, &["--append", "blk=read:0:8", "--rm"]);
     assert_eq!(read_sum(&Report::from_run(&out), 0), zeros_sum(8));
 }
+
+#[test]
+fn instance_types_command_lists_the_table() {
+    let env = Env::new();
+    let text = env.ok(&["instance-types"]);
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["t3.micro", "2", "1024", "t3"]),
+        "{text}"
+    );
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(&env.ok(&["instance-types", "--family", "c5", "--output", "json"]))
+            .unwrap();
+    assert!(!json.is_empty());
+    assert!(json.iter().all(|t| t["Family"] == "c5"), "{json:?}");
+    let xl = json.iter().find(|t| t["Name"] == "c5.xlarge").unwrap();
+    assert_eq!(
+        (xl["Vcpus"].as_u64(), xl["MemoryMib"].as_u64()),
+        (Some(4), Some(8192))
+    );
+    let out = env.run(&["instance-types", "--family", "zz9"]);
+    assert_eq!(out.code, Some(EXIT_FAILED), "{}", out.describe());
+}

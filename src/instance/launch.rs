@@ -23,6 +23,9 @@ use std::time::Duration;
 /// The console log's file name in the instance directory (unless `--serial-log` names one).
 pub const CONSOLE_LOG: &str = "console.log";
 
+/// The start of the state reason of an instance whose VM could not be built.
+pub const LAUNCH_FAILED: &str = "launch failed";
+
 /// How long `amivm stop` lets the guest react to Ctrl-Alt-Del before the VM is stopped. Linux
 /// with `reboot=k` reboots through the keyboard controller within a few seconds of it.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -308,7 +311,7 @@ pub fn exit_reason(exit: &std::result::Result<VmExit, InstanceError>) -> String 
         Ok(VmExit::ExpectMatched) => "console matched --expect".into(),
         Ok(VmExit::UserStop) => "stopped from the host".into(),
         Ok(VmExit::VmmFailed(w)) => format!("amivm failed: {w}"),
-        Err(e) => format!("launch failed: {e}"),
+        Err(e) => format!("{LAUNCH_FAILED}: {e}"),
     }
 }
 
@@ -326,11 +329,14 @@ fn finish(
         i.process = None;
         match next {
             InstanceState::Terminated => {
-                if i.state != InstanceState::ShuttingDown {
+                let why = if i.state == InstanceState::ShuttingDown {
+                    format!("terminated from the host: {reason}")
+                } else {
                     i.state = InstanceState::ShuttingDown;
-                }
+                    reason.clone()
+                };
                 delete_volumes(i, &dir)?;
-                i.set_state(InstanceState::Terminated, format!("terminated: {reason}"))
+                i.set_state(InstanceState::Terminated, why)
             }
             _ => {
                 if i.state != InstanceState::Stopped {

@@ -3,7 +3,7 @@
 use super::super::boot::{report_exit, timeout_from};
 use super::super::{exit, GlobalOpts};
 use super::{open, RunArgs, RunInstanceArgs, StartArgs};
-use crate::instance::launch::{self, BootOptions, LaunchRequest};
+use crate::instance::launch::{self, BootOptions, LaunchRequest, LAUNCH_FAILED};
 use crate::instance::lock::RunLock;
 use crate::instance::{lifecycle, record, types, Instance, InstanceState};
 use crate::store::Store;
@@ -173,38 +173,51 @@ fn detach(
     };
     let t0 = Instant::now();
     loop {
-        if let Some(status) = child.try_wait()? {
-            // It ended already: fine if the instance got past pending (a short-lived guest).
-            let state = record::get(store, &inst.instance_id).map(|i| i.state);
-            if !matches!(state, Some(InstanceState::Pending) | None) || status.success() {
-                break;
-            }
-            let last = std::fs::read_to_string(&log_path)
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .rev()
-                        .find(|l| !l.trim().is_empty())
-                        .map(str::to_string)
-                })
-                .unwrap_or_default();
-            bail!(
-                "instance {} did not start: {}",
-                inst.instance_id,
-                last.trim_start_matches("amivm: error: ")
-            );
-        }
+        let exited = child.try_wait()?;
         match record::get(store, &inst.instance_id) {
-            Some(i) if i.state == InstanceState::Pending => {}
-            _ => break,
+            // `--rm`: it ran, ended and removed itself.
+            None => break,
+            Some(i) if i.state == InstanceState::Pending => {
+                if exited.is_some() {
+                    let why = last_line(&log_path);
+                    mark_failed(store, inst, &format!("{LAUNCH_FAILED}: {why}"));
+                    bail!("instance {} did not start: {why}", inst.instance_id);
+                }
+            }
+            Some(i) if i.state_reason.starts_with(LAUNCH_FAILED) => {
+                bail!(
+                    "instance {} did not start: {}",
+                    inst.instance_id,
+                    i.state_reason
+                );
+            }
+            Some(_) => break,
         }
         if t0.elapsed() > DETACH_WAIT {
+            eprintln!(
+                "amivm: warning: {} is still pending after {} s",
+                inst.instance_id,
+                DETACH_WAIT.as_secs()
+            );
             break;
         }
         std::thread::sleep(DETACH_POLL);
     }
     println!("{}", inst.instance_id);
     Ok(exit::GUEST_STOPPED)
+}
+
+/// The last non-empty line of a log file, without amivm's error prefix.
+fn last_line(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| l.trim_start_matches("amivm: error: ").to_string())
+        })
+        .unwrap_or_else(|| "the background amivm process exited".into())
 }
 
 /// Record a failed background start (the lock is free by then).
