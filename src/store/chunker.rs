@@ -39,6 +39,9 @@ pub struct RawSource {
     file: File,
     path: PathBuf,
     size: u64,
+    /// `(from, data)`: the last SEEK_DATA answer: no data in `[from, data)`. Lets a long run
+    /// of hole chunks cost one lseek instead of one each.
+    last_seek: Option<(u64, u64)>,
 }
 
 impl RawSource {
@@ -52,23 +55,35 @@ impl RawSource {
             file,
             path: path.to_path_buf(),
             size,
+            last_seek: None,
         })
     }
 
     /// Whether `[start, end)` contains no data (only holes), per SEEK_DATA.
-    fn is_hole(&self, start: u64, end: u64) -> bool {
+    fn is_hole(&mut self, start: u64, end: u64) -> bool {
+        if let Some((from, data)) = self.last_seek {
+            if from <= start && end <= data {
+                return true;
+            }
+        }
         let Ok(off) = libc::off_t::try_from(start) else {
             return false;
         };
         // SAFETY: lseek only reads its integer arguments; the fd is owned by self.file. Moving
         // the file offset is harmless: all reads are positioned (pread).
         let data = unsafe { libc::lseek(self.file.as_raw_fd(), off, libc::SEEK_DATA) };
-        if data < 0 {
+        let data = if data < 0 {
             // ENXIO: no data after `start` at all. Anything else (EINVAL on file systems
             // without SEEK_DATA): assume data.
-            return std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO);
-        }
-        u64::try_from(data).is_ok_and(|d| d >= end)
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO) {
+                return false;
+            }
+            u64::MAX
+        } else {
+            u64::try_from(data).unwrap_or(0)
+        };
+        self.last_seek = Some((start, data));
+        data >= end
     }
 }
 

@@ -109,7 +109,7 @@ pub fn start_writeback(f: &File) {
 
 /// Threads that fsync in parallel: concurrent fsyncs share journal commits (ext4/xfs group
 /// commit), so a batch of small files becomes durable in a few commits instead of one each.
-pub const FSYNC_THREADS: usize = 8;
+pub const FSYNC_THREADS: usize = 32;
 
 /// fsync every file or directory in `paths`, on up to [`FSYNC_THREADS`] threads.
 pub fn fsync_all(paths: &[PathBuf]) -> Result<()> {

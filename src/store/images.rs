@@ -137,6 +137,7 @@ impl Store {
         }
         self.check_name_free(&req.owner, &req.name, None)?;
 
+        let started = std::time::Instant::now();
         let mut txn = self.begin()?;
         let kernel = txn.put_blob_file(&req.kernel)?;
         let initrd = req
@@ -221,7 +222,15 @@ impl Store {
             os_version: os.version,
         };
         txn.put_image(&image)?;
+        let (chunks, bytes) = txn.new_chunks();
+        let staged = started.elapsed();
         txn.commit(|s| s.check_name_free(&image.owner_id, &image.name, None))?;
+        log::info!(
+            "{}: staged {chunks} new chunks ({bytes} bytes) in {:.3} s, committed in {:.3} s",
+            image.image_id,
+            staged.as_secs_f64(),
+            (started.elapsed() - staged).as_secs_f64()
+        );
         Ok(image)
     }
 
