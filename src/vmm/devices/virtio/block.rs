@@ -106,6 +106,15 @@ impl BlockDevice {
         self.acked = acked;
     }
 
+    /// Flush the backend (a no-op for read-only devices).
+    pub fn flush(&mut self) -> Result<(), VolumeError> {
+        if self.read_only {
+            Ok(())
+        } else {
+            self.backend.flush()
+        }
+    }
+
     /// Capacity in 512-byte sectors.
     pub fn capacity(&self) -> u64 {
         self.backend.size() / SECTOR_SIZE

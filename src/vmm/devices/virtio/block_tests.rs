@@ -249,6 +249,15 @@ fn writes_through_an_overlay_leave_the_base_alone() {
     expect[512..1024].fill(0x3c);
     assert_eq!(got, expect);
     assert_eq!(r.file(), pattern(DISK));
+    // The VMM's final flush makes the write durable without a guest FLUSH: a reopened overlay
+    // (while the device still holds the first) sees it.
+    r.dev.flush().unwrap();
+    let raw = Box::new(RawFile::open(&r.path, true).unwrap());
+    let overlay = r.path.parent().unwrap().join("o.cow");
+    let mut again = CowOverlay::open(raw, &overlay, "base").unwrap();
+    let mut b = [0u8; 512];
+    again.read_at(&mut b, 512).unwrap();
+    assert_eq!(b, [0x3c; 512]);
 }
 
 #[test]

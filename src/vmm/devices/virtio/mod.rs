@@ -189,6 +189,13 @@ impl MmioBlockDevice {
         self.shared.process()
     }
 
+    /// Make every write the guest completed durable (the VMM calls this when the guest has
+    /// ended, before exiting: a copy-on-write overlay otherwise only persists its bitmap when the
+    /// guest flushes or the device is dropped).
+    pub fn flush(&self) -> Result<(), crate::volume::VolumeError> {
+        self.shared.lock().blk.flush()
+    }
+
     /// The current InterruptStatus bits.
     pub fn interrupt_status(&self) -> u32 {
         self.shared.interrupt_status.load(Ordering::SeqCst)
