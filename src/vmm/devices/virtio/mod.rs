@@ -10,6 +10,8 @@
 //! event_manager.add_subscriber(Arc::new(Mutex::new(worker)));
 //! mmio_bus.insert(Arc::new(Mutex::new(dev)), base, MMIO_WINDOW_SIZE)?;
 //! cmdline.push(cmdline_fragment(base, gsi));
+//! // ... when the guest has ended, before the process exits:
+//! dev.flush()?;                                     // overlay bitmap + data made durable
 //! ```
 //! or all at once with [`new_block`], which returns the same pieces in a [`BlockHandles`].
 //!
