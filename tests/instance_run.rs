@@ -288,6 +288,9 @@ fn create_image_keeps_the_marker_and_stores_only_touched_chunks() {
     let out = env.launch(&new_ami, &["--append", &read]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
     let r = Report::from_run(&out);
+    // The volume is the mapping's VolumeSize (1 GiB, the root file's size rounded up), not the
+    // 8 MiB snapshot.
+    r.expect_num("blk_capacity", (1u64 << 30) / 512);
     assert_eq!(
         read_sum(&r, sector),
         pattern_sum(seed, sector, count),
