@@ -17,6 +17,9 @@ if [ ${#targets[@]} -eq 0 ]; then
 fi
 command -v cargo-fuzz >/dev/null || { echo "fuzz.sh: cargo-fuzz is not installed (cargo install cargo-fuzz)" >&2; exit 2; }
 status=0
+if command -v python3 >/dev/null && [ -z "$(ls -A corpus/blk_request 2>/dev/null)" ]; then
+    python3 make_seeds.py
+fi
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     echo "== $t: ${secs}s"

@@ -14,7 +14,6 @@ use amivm::vmm::devices::bus::BusDevice;
 use amivm::vmm::devices::virtio::driver::{reg_read, reg_write};
 use amivm::vmm::devices::virtio::spec::*;
 use libfuzzer_sys::fuzz_target;
-use vm_memory::{Bytes, GuestAddress};
 
 const DESC: u64 = 0;
 const AVAIL: u64 = 0x1000;
@@ -57,11 +56,9 @@ fuzz_target!(|data: &[u8]| {
     reg_write(d, REG_QUEUE_READY, 1);
     reg_write(d, REG_STATUS, s | STATUS_DRIVER_OK);
 
-    let before: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
+    // (The used ring lies in fuzzer-written memory and requests may even read disk data into
+    // it, so its contents prove nothing; what must hold is that a pass ends, within budget.)
     let served = dev.process_queue();
-    let after: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap();
-    // Every chain served went back to the used ring (unless its head index was out of range).
-    assert!(usize::from(after.wrapping_sub(before)) <= served);
     assert!(served <= 4 * qsize as usize, "budget exceeded");
     // A second pass finds nothing new or keeps serving within bounds; never panics.
     let _ = dev.process_queue();

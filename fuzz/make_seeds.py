@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Write starting inputs for the fuzz targets into corpus/<target>/ (scripts/fuzz.sh runs this
+when a corpus is empty): well-formed requests and a driver's bring-up sequence, so that the
+fuzzers start from deep inside the device instead of at the first check."""
+import os
+import struct
+
+N, W = 1, 2  # VRING_DESC_F_NEXT, VRING_DESC_F_WRITE (virtio 1.2, 2.7.5)
+
+
+def desc(addr, length, flags, nxt):
+    return struct.pack('<QIHH', addr, length, flags, nxt)
+
+
+def image(descs, headers, extra):
+    """Guest memory as blk_request lays it out: descriptors at 0, avail ring at 0x1000,
+    headers from 0x3000 (one chain of three descriptors per header)."""
+    m = bytearray(0x5100)
+    for i, d in enumerate(descs):
+        m[16 * i:16 * i + 16] = d
+    m[0x1000:0x1004] = struct.pack('<HH', 0, len(headers))
+    for i in range(len(headers)):
+        m[0x1004 + 2 * i:0x1006 + 2 * i] = struct.pack('<H', 3 * i)
+    for i, (t, sector) in enumerate(headers):
+        m[0x3000 + 16 * i:0x3010 + 16 * i] = struct.pack('<IIQ', t, 0, sector)
+    for addr, data in extra.items():
+        m[addr:addr + len(data)] = data
+    return m
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    blk = os.path.join(here, 'corpus', 'blk_request')
+    mmio = os.path.join(here, 'corpus', 'mmio_registers')
+    os.makedirs(blk, exist_ok=True)
+    os.makedirs(mmio, exist_ok=True)
+    # Options 0x46: queue of 16, EVENT_IDX and DISCARD accepted. IN, OUT, FLUSH, GET_ID.
+    descs = [desc(0x3000, 16, N, 1), desc(0x4000, 512, N | W, 2), desc(0x5000, 1, W, 0),
+             desc(0x3010, 16, N, 4), desc(0x4200, 1024, N, 5), desc(0x5001, 1, W, 0),
+             desc(0x3020, 16, N, 7), desc(0x5002, 1, W, 0), desc(0, 0, 0, 0),
+             desc(0x3030, 16, N, 10), desc(0x4800, 20, N | W, 11), desc(0x5003, 1, W, 0)]
+    m = image(descs, [(0, 3), (1, 5), (4, 0), (8, 0)], {})
+    open(os.path.join(blk, 'seed-rw'), 'wb').write(bytes([0x46]) + m)
+    # DISCARD (two segments) and WRITE_ZEROES with unmap.
+    descs = [desc(0x3000, 16, N, 1), desc(0x4000, 32, N, 2), desc(0x5000, 1, W, 0),
+             desc(0x3010, 16, N, 4), desc(0x4100, 16, N, 5), desc(0x5001, 1, W, 0)]
+    segs = struct.pack('<QII', 8, 8, 0) + struct.pack('<QII', 64, 3, 0)
+    m = image(descs, [(11, 0), (13, 0)], {0x4000: segs, 0x4100: struct.pack('<QII', 16, 16, 1)})
+    open(os.path.join(blk, 'seed-discard'), 'wb').write(bytes([0x46]) + m)
+
+    def op(kind, width, off, val):
+        return bytes([kind, width]) + struct.pack('<HI', off, val)
+    # ACK, DRIVER, VERSION_1, FEATURES_OK, queue at 0x1000.., DRIVER_OK, ISR, process, config, ACK, reset.
+    seq = [op(4, 2, 0x70, 1), op(4, 2, 0x70, 3), op(4, 2, 0x24, 1), op(4, 2, 0x20, 1),
+           op(4, 2, 0x70, 11), op(4, 2, 0x38, 16), op(4, 2, 0x80, 0x1000), op(4, 2, 0x90, 0x1100),
+           op(4, 2, 0xa0, 0x1200), op(4, 2, 0x44, 1), op(4, 2, 0x70, 15), op(0, 2, 0x60, 0),
+           op(12, 0, 0, 0), op(0, 3, 0x100, 0), op(4, 2, 0x64, 1), op(4, 2, 0x70, 0),
+           op(14, 2, 0, 0x2000)]
+    open(os.path.join(mmio, 'seed-bringup'), 'wb').write(b''.join(seq))
+
+
+if __name__ == '__main__':
+    main()
