@@ -167,7 +167,11 @@ pub fn stop(store: &Store, caller: &AccountId, id_or_name: &str, force: bool) ->
     }) {
         Ok(i) => Ok(i),
         // `--rm` instances remove themselves when they stop.
-        Err(InstanceError::NotFound(_)) => Ok(inst),
+        Err(InstanceError::NotFound(_)) => Ok(Instance {
+            state: InstanceState::Stopped,
+            process: None,
+            ..inst
+        }),
         Err(e) => Err(e),
     }
 }
@@ -214,7 +218,12 @@ pub fn terminate(
         Ok(())
     }) {
         Ok(i) => Ok(i),
-        Err(InstanceError::NotFound(_)) => Ok(inst),
+        // `--rm` instances remove themselves when they stop.
+        Err(InstanceError::NotFound(_)) => Ok(Instance {
+            state: InstanceState::Terminated,
+            process: None,
+            ..inst
+        }),
         Err(e) => Err(e),
     }
 }
