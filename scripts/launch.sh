@@ -79,10 +79,17 @@ if ! $hw_virt; then
     log "      (~1M instructions/s, and it lacks some instructions): a Linux guest gets through its early"
     log "      boot and then stops. The console below shows how far it gets."
     has_timeout=false
+    has_append=false
     for a in "${extra[@]+"${extra[@]}"}"; do
-        case $a in --timeout | --timeout=*) has_timeout=true ;; esac
+        case $a in
+        --timeout | --timeout=*) has_timeout=true ;;
+        --append | --append=*) has_append=true ;;
+        esac
     done
     $has_timeout || extra+=(--timeout "${AMIVM_LAUNCH_TIMEOUT:-180}")
+    # Linux prints nothing on ttyS0 until its console driver is up (~30 s under the emulator);
+    # earlyprintk shows the boot from its first line.
+    $has_append || extra+=(--append earlyprintk=ttyS0)
 fi
 
 log "amivm run $ami --instance-type $itype ${extra[*]+"${extra[*]}"}"
