@@ -44,7 +44,7 @@ apt_install() {
     fi
     log "installing with apt: ${missing[*]}"
     apt_update_once
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0 \
         --no-install-recommends "${missing[@]}" >&2
 }
 
