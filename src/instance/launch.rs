@@ -271,14 +271,15 @@ pub fn boot(
         }
     };
     let instance = finish(store, id, &exit, first_launch)?;
+    // `--rm`: removed while the lock is still held, so no `start` can slip in between.
+    let instance = match instance {
+        Some(i) if !i.remove_on_stop => Some(i),
+        _ => {
+            remove(store, id)?;
+            None
+        }
+    };
     drop(lock);
-    if instance.as_ref().is_some_and(|i| i.remove_on_stop) || instance.is_none() {
-        remove(store, id)?;
-        return Ok(BootOutcome {
-            exit,
-            instance: None,
-        });
-    }
     Ok(BootOutcome { exit, instance })
 }
 
