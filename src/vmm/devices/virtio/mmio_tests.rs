@@ -329,6 +329,13 @@ fn the_worker_serves_the_queue_from_an_event_manager() {
     let mut em: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>> =
         EventManager::new().unwrap();
     em.add_subscriber(handles.worker.clone());
+    // The register window goes on the MMIO bus as it is.
+    let mut bus = crate::vmm::devices::bus::Bus::new();
+    let on_bus: crate::vmm::devices::bus::SharedDevice = handles.bus_device.clone();
+    bus.insert(on_bus, 0xd000_0000, MMIO_WINDOW_SIZE).unwrap();
+    let mut magic = [0u8; 4];
+    assert!(bus.read(0xd000_0000, &mut magic));
+    assert_eq!(u32::from_le_bytes(magic), MMIO_MAGIC_VALUE);
     let mut q = DriverQueue::new(&mem, QBASE, 16);
     {
         let mut dev = handles.bus_device.lock().unwrap();
