@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the sample AMI's root file system from Debian's busybox-static and the skeleton in
 # images/sample/rootfs/ (init, amivm-exit, /etc). Prints the paths of the directory and of an ext4 image
-# of it (for booting it with QEMU or `amivm boot` without the image store).
+# of it (for booting it with QEMU or `amivm boot` without the image store: boot a copy, since the guest
+# mounts its root read-write).
 #
 # Usage: images/sample/build-rootfs.sh [--env]
 #   default: two lines, the rootfs directory then the ext4 image
