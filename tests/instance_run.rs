@@ -395,3 +395,97 @@ fn instance_types_command_lists_the_table() {
     let out = env.run(&["instance-types", "--family", "zz9"]);
     assert_eq!(out.code, Some(EXIT_FAILED), "{}", out.describe());
 }
+
+#[test]
+fn every_mapping_gets_its_own_volume_and_create_image_keeps_them() {
+    let env = Env::new();
+    let data = env.path("data.raw");
+    std::fs::File::create(&data)
+        .and_then(|f| f.set_len(ROOT_BYTES))
+        .expect("data.raw");
+    let ro = env.path("ro.raw");
+    std::fs::write(&ro, vec![0x5au8; 4096]).expect("ro.raw");
+    let guest = common::build_guest();
+    let ami = env
+        .ok(&[
+            "image",
+            "create",
+            "--name",
+            "two-disks",
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--root",
+            env.path("root.raw").to_str().unwrap(),
+            "--volume",
+            data.to_str().unwrap(),
+            "--volume-ro",
+            ro.to_str().unwrap(),
+        ])
+        .trim()
+        .to_string();
+    let seed = 0x7664_6232_0000_0001_u64;
+    // Write to /dev/vdb (the second virtio-mmio device), read its serial; try to write the
+    // read-only /dev/vdc.
+    let out = env.launch(
+        &ami,
+        &[
+            "--append",
+            &format!("blk_dev=1 blk=getid blk=write:0:8:{seed} blk=flush"),
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let r = Report::from_run(&out);
+    let id = launched_id(&out);
+    let inst = env.instance(&id);
+    let vols = inst["BlockDeviceMappings"].as_array().unwrap();
+    assert_eq!(vols.len(), 3);
+    assert_eq!(vols[1]["DeviceName"], "/dev/vdb");
+    let serial = vols[1]["Ebs"]["VolumeId"]
+        .as_str()
+        .unwrap()
+        .replace('-', "");
+    let getid = r
+        .records("blk")
+        .into_iter()
+        .find(|b| b.words.first().map(String::as_str) == Some("getid"))
+        .unwrap_or_else(|| r.fail("no blk getid line"));
+    assert_eq!(getid.field("id"), Some(serial.as_str()), "volume serial");
+    assert_eq!(vols[2]["Ebs"]["ReadOnly"], true);
+    let out = env.launch(&ami, &["--append", "blk_dev=2 blk=write:0:8:1"]);
+    let r = Report::from_run(&out);
+    r.expect_num("blk_ro", 1);
+    let w = r
+        .records("blk")
+        .into_iter()
+        .find(|b| b.words.first().map(String::as_str) == Some("write"))
+        .unwrap_or_else(|| r.fail("no blk write line"));
+    r.check(
+        w.field("status") != Some("0"),
+        "a write to the read-only volume succeeded",
+    );
+
+    let new_ami = env.ok(&["create-image", &id, "--name", "two-disks-copy"]);
+    let img: serde_json::Value =
+        serde_json::from_str(&env.ok(&["image", "show", new_ami.trim(), "--output", "json"]))
+            .unwrap();
+    let maps = img["BlockDeviceMappings"].as_array().unwrap();
+    assert_eq!(maps.len(), 3, "{img}");
+    assert_eq!(maps[2]["Ebs"]["ReadOnly"], true);
+    for (dev, want) in [
+        (0, zeros_sum(8)),
+        (1, pattern_sum(seed, 0, 8)),
+        (2, sum64(&[0x5au8; 4096])),
+    ] {
+        let out = env.launch(
+            new_ami.trim(),
+            &["--rm", "--append", &format!("blk_dev={dev} blk=read:0:8")],
+        );
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        assert_eq!(
+            read_sum(&Report::from_run(&out), 0),
+            want,
+            "/dev/vd{}",
+            (b'a' + dev as u8) as char
+        );
+    }
+}
