@@ -235,18 +235,19 @@ pub fn boot(
     opts: &BootOptions,
     first_launch: bool,
 ) -> Result<BootOutcome> {
+    let not_pending = |i: &Instance| InstanceError::WrongState {
+        id: i.instance_id.clone(),
+        state: i.state,
+        why: "only a pending instance can boot".into(),
+    };
+    // Nobody else changes a pending instance while we hold its run lock (stop and terminate
+    // wait for it to leave pending), so a plain read is enough here.
+    let inst = record::get(store, id).ok_or_else(|| InstanceError::NotFound(id.to_string()))?;
+    if inst.state != InstanceState::Pending {
+        return Err(not_pending(&inst));
+    }
     let pid = std::process::id();
-    let inst = record::update(store, id, |i| {
-        if i.state != InstanceState::Pending {
-            return Err(InstanceError::WrongState {
-                id: i.instance_id.clone(),
-                state: i.state,
-                why: "only a pending instance can boot".into(),
-            });
-        }
-        i.process = process_start_ticks(pid).map(|start_ticks| ProcessInfo { pid, start_ticks });
-        Ok(())
-    })?;
+    let process = process_start_ticks(pid).map(|start_ticks| ProcessInfo { pid, start_ticks });
     let dir = inst.dir(store)?;
     let built = vm_config(store, &inst, opts).and_then(|config| {
         let drives = open_drives(store, &inst, &dir)?;
@@ -256,10 +257,11 @@ pub fn boot(
         Err(e) => Err(e),
         Ok(vmm) => {
             record::update(store, id, |i| {
-                if i.state == InstanceState::Pending {
-                    i.set_state(InstanceState::Running, "running")?;
+                if i.state != InstanceState::Pending {
+                    return Err(not_pending(i));
                 }
-                Ok(())
+                i.process = process;
+                i.set_state(InstanceState::Running, "running")
             })?;
             // The VM (and with it the volumes, which flush when dropped) is gone at the end
             // of this block, before the end is recorded and the run lock released.
