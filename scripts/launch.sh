@@ -89,7 +89,9 @@ if ! $hw_virt; then
     $has_timeout || extra+=(--timeout "${AMIVM_LAUNCH_TIMEOUT:-180}")
     # Linux prints nothing on ttyS0 until its console driver is up (~30 s under the emulator);
     # earlyprintk shows the boot from its first line.
-    $has_append || extra+=(--append earlyprintk=ttyS0)
+    # PVM shows XSAVE to every guest whatever its CPUID says, and the emulator cannot run XRSTOR:
+    # noxsave gets Linux further.
+    $has_append || extra+=(--append "earlyprintk=ttyS0 noxsave")
 fi
 
 log "amivm run $ami --instance-type $itype ${extra[*]+"${extra[*]}"}"

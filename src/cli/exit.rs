@@ -17,7 +17,8 @@ pub const HOST_STOPPED: i32 = 130;
 /// The exit-code table printed after `--help`.
 pub const EXIT_CODE_HELP: &str = "\
 Exit codes:
-  0    the guest asked to stop (i8042 reset, or exit port 0xf4 written with 0)
+  0    the guest asked to stop (i8042 reset, or exit port 0xf4 written with 0),
+       or the console matched --expect (amivm run)
   N    the guest wrote N (1-255) to the exit port, I/O port 0xf4
   124  --timeout expired; the VM was stopped
   125  amivm itself failed (bad argument, unreadable file, KVM or store error)
