@@ -56,7 +56,7 @@ else
     amivm=$AMIVM_ROOT/target/release/amivm
     if [ ! -x "$amivm" ] || [ -n "$(find "$AMIVM_ROOT/src" "$AMIVM_ROOT/Cargo.toml" "$AMIVM_ROOT/data" \
         -newer "$amivm" -print -quit 2>/dev/null)" ]; then
-        command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs) or set AMIVM"
+        ensure_rust
         log "building amivm (cargo build --release)"
         (cd "$AMIVM_ROOT" && cargo build --release --quiet) || die "cargo build failed"
     fi

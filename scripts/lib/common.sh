@@ -115,3 +115,17 @@ prune_builds() {
             rm -rf "$d"
         done
 }
+
+# ensure_rust: makes cargo available: the user's rustup install if there is one, else installs rustup
+# (stable, minimal profile + clippy, rustfmt) from rustup.rs.
+ensure_rust() {
+    # shellcheck disable=SC1091
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+    command -v cargo >/dev/null 2>&1 && return 0
+    command -v curl >/dev/null 2>&1 || apt_install ca-certificates curl
+    log "no cargo: installing Rust with rustup (stable, minimal profile + clippy, rustfmt)"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+        sh -s -- -y -q --profile minimal --component clippy,rustfmt >&2
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+}
