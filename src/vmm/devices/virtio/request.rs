@@ -315,7 +315,13 @@ enum Data {
 /// Byte offset of `count` sectors from `sector`, if they fit in `capacity` sectors.
 fn sector_range(sector: u64, count: u64, capacity: u64) -> Option<u64> {
     let end = sector.checked_add(count)?;
-    (end <= capacity).then_some(sector * SECTOR_SIZE)
+    // The offset is computed only for a sector inside the volume: past the end it can overflow
+    // (found by the blk_request fuzz target).
+    if end <= capacity {
+        sector.checked_mul(SECTOR_SIZE)
+    } else {
+        None
+    }
 }
 
 /// Copy the first `out.len()` bytes of `segs` into `out` and put the segments that remain in

@@ -397,6 +397,9 @@ fn bad_lengths_ranges_and_directions_get_ioerr() {
         ioerr(r.parse(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]))
             .contains("capacity")
     );
+    // A sector whose byte offset does not fit in 64 bits.
+    r.header(VIRTIO_BLK_T_IN, 1 << 60);
+    ioerr(r.parse(&[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)]));
     r.header(VIRTIO_BLK_T_OUT, u64::MAX);
     ioerr(r.parse(&[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]));
     r.header(VIRTIO_BLK_T_IN, 0);
