@@ -7,6 +7,8 @@
 //! streams and stops the VM once the lines it checks have appeared (~10 s of guest time); with
 //! hardware KVM the same lines come at once.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -14,17 +16,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 fn debian_vmlinux() -> PathBuf {
-    let p = std::env::var_os("AMIVM_DEBIAN_VMLINUX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/debian-kernel/vmlinux")
-        });
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-debian-kernel.sh first (.ci/run does)",
-        p.display()
-    );
-    p
+    common::cached_file(
+        "AMIVM_DEBIAN_VMLINUX",
+        ".cache/debian-kernel/vmlinux",
+        "scripts/fetch-debian-kernel.sh",
+    )
 }
 
 /// Parse `BIOS-e820: [mem 0x...-0x...] usable` lines into (start, end inclusive, kind).

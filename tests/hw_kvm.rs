@@ -5,50 +5,10 @@
 
 mod common;
 
-use common::run_with_deadline;
-use std::path::{Path, PathBuf};
+use common::{cached_file, no_hardware_kvm, run_with_deadline, skip};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-/// Why this host cannot run these tests, or None when it can.
-fn no_hardware_kvm() -> Option<String> {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let hw = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    if !hw {
-        return Some("the CPU has no vmx/svm flag: KVM here emulates guests (~1M instructions/s), too slow for a full Linux boot".into());
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        return Some("/dev/kvm is not usable".into());
-    }
-    None
-}
-
-fn skip(test: &str, why: &str) {
-    println!("SKIPPED {test}: needs hardware KVM: {why}");
-    eprintln!("SKIPPED {test}: needs hardware KVM: {why}");
-}
-
-fn cached(var: &str, rel: &str) -> PathBuf {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
-}
-
-fn require(p: &Path, how: &str) {
-    assert!(
-        p.exists(),
-        "{} is missing: run {how} first (.ci/run does)",
-        p.display()
-    );
-}
 
 /// Debian's stock bzImage (the vmlinuz next to the extracted vmlinux): decompresses itself,
 /// boots on 2 vCPUs and, with no root device, panics mounting root; amivm reports the panic.
@@ -57,8 +17,11 @@ fn debian_bzimage_boots_to_the_root_mount_panic() {
     if let Some(why) = no_hardware_kvm() {
         return skip("debian_bzimage_boots_to_the_root_mount_panic", &why);
     }
-    let vmlinux = cached("AMIVM_DEBIAN_VMLINUX", ".cache/debian-kernel/vmlinux");
-    require(&vmlinux, "scripts/fetch-debian-kernel.sh");
+    let vmlinux = cached_file(
+        "AMIVM_DEBIAN_VMLINUX",
+        ".cache/debian-kernel/vmlinux",
+        "scripts/fetch-debian-kernel.sh",
+    );
     let boot_dir = std::fs::canonicalize(&vmlinux)
         .unwrap()
         .parent()
@@ -99,10 +62,13 @@ fn sample_image_boots_to_its_banner() {
     if let Some(why) = no_hardware_kvm() {
         return skip("sample_image_boots_to_its_banner", &why);
     }
-    let vmlinux = cached("AMIVM_SAMPLE_VMLINUX", ".cache/sample/vmlinux");
-    let rootfs = cached("AMIVM_SAMPLE_ROOTFS_EXT4", ".cache/sample/rootfs.ext4");
-    require(&vmlinux, "scripts/build-sample-image.sh");
-    require(&rootfs, "scripts/build-sample-image.sh");
+    let build = "scripts/build-sample-image.sh --no-register";
+    let vmlinux = cached_file("AMIVM_SAMPLE_VMLINUX", ".cache/sample/vmlinux", build);
+    let rootfs = cached_file(
+        "AMIVM_SAMPLE_ROOTFS_EXT4",
+        ".cache/sample/rootfs.ext4",
+        build,
+    );
     let before = std::fs::read(&rootfs).unwrap();
     let overlay = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("hw-sample-{}.overlay", std::process::id()));

@@ -7,7 +7,7 @@
 mod common;
 
 use common::run_with_deadline;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,15 +21,7 @@ const DEADLINE: Duration = Duration::from_secs(300);
 
 /// A sample file: the variable when set, else the stable path under .cache/sample.
 fn sample_file(var: &str, stable: &str) -> PathBuf {
-    let p = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(stable));
-    assert!(
-        p.exists(),
-        "{} does not exist: run scripts/build-sample-image.sh --no-register first (.ci/run does), or set {var}",
-        p.display()
-    );
-    p
+    common::cached_file(var, stable, "scripts/build-sample-image.sh --no-register")
 }
 
 struct Sample {
@@ -110,18 +102,8 @@ fn sample_kernel_reaches_early_boot_on_t3_micro() {
 
 #[test]
 fn sample_ami_boots_to_its_banner_with_hardware_kvm() {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let hw = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    if !hw {
-        eprintln!(
-            "skipped: this CPU has no VT-x/AMD-V, so KVM runs the sample kernel in its instruction \
-             emulator, where Linux stops early in its boot; the full boot runs on hosts and CI \
-             runners with hardware KVM"
-        );
-        return;
+    if let Some(why) = common::no_hardware_kvm() {
+        return common::skip("sample_ami_boots_to_its_banner_with_hardware_kvm", &why);
     }
     let s = Sample::register();
     let out = s.run(&[

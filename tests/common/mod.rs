@@ -251,3 +251,52 @@ pub fn qemu_command(guest: &Path, vcpus: u32, mem_mib: u64, append: &str) -> Com
 pub fn qemu_debug_exit_status(v: u8) -> i32 {
     ((i32::from(v) << 1) | 1) & 0xff
 }
+
+/// A file a script prepares under `.cache/` (see docs/ci.md): the variable `var` when set, else
+/// the stable path `rel` from the repository root. Fails the test, naming the script to run,
+/// when neither exists.
+pub fn cached_file(var: &str, rel: &str, script: &str) -> PathBuf {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(rel));
+    assert!(
+        p.exists(),
+        "{} does not exist: run {script} first (.ci/run does), or set {var}",
+        p.display()
+    );
+    p
+}
+
+/// Why this host cannot run a full Linux boot, or `None` when it can: the CPU must have
+/// VT-x/AMD-V (without it, KVM here is PVM and runs ordinary guests through its instruction
+/// emulator, where Linux stops early in its boot) and /dev/kvm must be usable.
+pub fn no_hardware_kvm() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if !hw {
+        return Some(
+            "the CPU has no VT-x/AMD-V: KVM here runs guests in its instruction emulator (~1M \
+             instructions/s), where Linux stops early in its boot"
+                .into(),
+        );
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return Some("/dev/kvm is not usable".into());
+    }
+    None
+}
+
+/// Print that `test` is skipped and why (shown with `--nocapture`, and in the test's output
+/// when anything fails).
+pub fn skip(test: &str, why: &str) {
+    println!("SKIPPED {test}: needs hardware KVM: {why}");
+    eprintln!("SKIPPED {test}: needs hardware KVM: {why}");
+}
