@@ -342,7 +342,10 @@ fn check_initrd(report: &Report, initrd: &[u8]) {
     report.expect_num("initrd_size", initrd.len() as u64);
     report.expect_num("initrd_sum", sum64(initrd));
     let base = report.num("initrd_base");
-    report.check(base.is_multiple_of(4096), "the initrd should be page-aligned");
+    report.check(
+        base.is_multiple_of(4096),
+        "the initrd should be page-aligned",
+    );
     report.check(
         base + initrd.len() as u64 <= MMIO_GAP_START,
         "the initrd should be below the MMIO gap",
