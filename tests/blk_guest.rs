@@ -156,6 +156,26 @@ fn overlay_drive_reads_writes_flushes_and_keeps_the_base() {
     );
 }
 
+/// A guest that writes and stops without ever sending FLUSH: amivm flushes the overlay when the
+/// VM ends, so the write is in the overlay (data and bitmap) once amivm has exited.
+#[test]
+fn unflushed_writes_are_made_durable_when_the_guest_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (base_path, ov) = (dir.path().join("base.img"), dir.path().join("vol.cow"));
+    let base = make_base(&base_path, BASE_SECTORS);
+    let drive = format!("path={},overlay={}", base_path.display(), ov.display());
+    let (s, c) = WRITE;
+    let report = expect_exit(
+        &amivm_blk(&[&drive], &format!("blk=write:{s}:{c}:{SEED} exit_code=0")),
+        0,
+    );
+    expect_status(&report, &op(&report, "write", 0), S_OK);
+    assert!(
+        volume_view(&base_path, Some(&ov)) == with_write(&base),
+        "the unflushed write should be in the overlay after a clean stop"
+    );
+}
+
 /// Without an overlay, writes go to the image file itself.
 #[test]
 fn raw_drive_is_written_in_place() {

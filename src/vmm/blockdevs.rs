@@ -3,7 +3,7 @@
 
 use super::devices::bus::{Bus, SharedDevice};
 use super::devices::virtio::{
-    cmdline_fragment, new_block, BlockConfig, MMIO_WINDOW_SIZE, NOTIFY_OFFSET,
+    cmdline_fragment, new_block, BlockConfig, MmioBlockDevice, MMIO_WINDOW_SIZE, NOTIFY_OFFSET,
 };
 use super::events::{EventSink, VmEvent};
 use super::layout::{MAX_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
@@ -27,6 +27,12 @@ pub struct BlockDrive {
     pub config: BlockConfig,
 }
 
+/// What [`attach`] produced: the kernel arguments to append and the devices, for the final flush.
+pub struct Attached {
+    pub fragments: Vec<String>,
+    pub devices: Vec<Arc<Mutex<MmioBlockDevice>>>,
+}
+
 /// The event manager type the VMM runs on its event thread.
 pub type Events = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
@@ -37,8 +43,9 @@ pub fn attach(
     mmio: &mut Bus,
     events: &mut Events,
     drives: Vec<BlockDrive>,
-) -> Result<Vec<String>, VmmError> {
+) -> Result<Attached, VmmError> {
     let mut fragments = Vec::new();
+    let mut devices = Vec::new();
     let max = (MAX_GSI - VIRTIO_FIRST_GSI + 1) as usize;
     if drives.len() > max {
         return Err(VmmError::Config(format!(
@@ -65,10 +72,22 @@ pub fn attach(
         vm.register_irqfd(&h.irq_evt, gsi)
             .map_err(|e| dev_err(format!("KVM_IRQFD: {e}")))?;
         events.add_subscriber(h.worker);
-        mmio.insert(h.bus_device as SharedDevice, base, MMIO_WINDOW_SIZE)?;
+        mmio.insert(h.bus_device.clone() as SharedDevice, base, MMIO_WINDOW_SIZE)?;
         fragments.push(cmdline_fragment(base, gsi));
+        devices.push(h.bus_device);
     }
-    Ok(fragments)
+    Ok(Attached { fragments, devices })
+}
+
+/// Flush every device's backend: called once the guest has ended, so that what it wrote is
+/// durable even if it never sent FLUSH (a copy-on-write overlay persists its bitmap then).
+pub fn flush_all(devices: &[Arc<Mutex<MmioBlockDevice>>]) -> Result<(), String> {
+    for (i, d) in devices.iter().enumerate() {
+        let dev = d.lock().unwrap_or_else(|p| p.into_inner());
+        dev.flush()
+            .map_err(|e| format!("drive {i}: final flush failed: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Wakes the event loop when the VM ends, so the device thread stops at once instead of at

@@ -8,6 +8,7 @@ use super::devices::bus::{Bus, SharedDevice};
 use super::devices::exit_port::{ExitPort, EXIT_PORT, EXIT_PORT_SIZE};
 use super::devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_SPAN};
 use super::devices::serial::{ConsoleSink, SerialDevice, COM1_GSI, COM1_PORT, COM1_PORT_SPAN};
+use super::devices::virtio::MmioBlockDevice;
 use super::events::{CrashReason, EventSink, VmEvent};
 use super::layout::{KVM_TSS_ADDRESS, MIN_MEMORY_MIB};
 use super::memory::{create_guest_memory, ram_end};
@@ -130,6 +131,7 @@ pub struct Vmm {
     i8042: Arc<Mutex<I8042>>,
     device_events: Option<Events>,
     has_drives: bool,
+    block_devices: Vec<Arc<Mutex<MmioBlockDevice>>>,
     config: VmConfig,
     /// The boot path's results (entry point, memory map), for diagnostics.
     pub boot: boot::BootSetup,
@@ -219,7 +221,9 @@ impl Vmm {
         let root_ro = drives
             .first()
             .map(|d| d.config.read_only || d.backend.read_only());
-        let mut fragments = blockdevs::attach(&vm, &mem, &mut mmio, &mut device_events, drives)?;
+        let attached = blockdevs::attach(&vm, &mem, &mut mmio, &mut device_events, drives)?;
+        let block_devices = attached.devices;
+        let mut fragments = attached.fragments;
         if let Some(ro) = root_ro {
             if !cmdline::has_param(&config.cmdline, "root") {
                 fragments.insert(0, format!("root=/dev/vda {}", if ro { "ro" } else { "rw" }));
@@ -308,6 +312,7 @@ impl Vmm {
             i8042,
             device_events: Some(device_events),
             has_drives,
+            block_devices,
             config,
             boot,
         })
@@ -402,6 +407,17 @@ impl Vmm {
         if let Some(t) = event_thread {
             t.stop();
         }
+        let exit = match (blockdevs::flush_all(&self.block_devices), exit) {
+            (
+                Err(why),
+                VmExit::Stopped | VmExit::ExitCode(_) | VmExit::ExpectMatched | VmExit::Timeout,
+            ) => VmExit::VmmFailed(why),
+            (Err(why), other) => {
+                log::error!("{why}");
+                other
+            }
+            (Ok(()), other) => other,
+        };
         use std::io::Write;
         let _ = self
             .serial
