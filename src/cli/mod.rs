@@ -7,6 +7,7 @@ mod drive;
 pub mod exit;
 mod image;
 mod instance;
+mod output;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;

@@ -8,12 +8,11 @@
 mod progress;
 mod render;
 
+use super::output::{open_store as open, print_json};
 use super::{GlobalOpts, OutputFormat};
 use crate::store::images::DeregisterReport;
 use crate::store::manifest::{parse_tag, GIB};
-use crate::store::{
-    AccountId, CreateImageRequest, ImageFilter, ImageId, OwnerFilter, Store, VolumeSpec,
-};
+use crate::store::{AccountId, CreateImageRequest, ImageFilter, ImageId, OwnerFilter, VolumeSpec};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use progress::Bar;
@@ -148,22 +147,6 @@ pub enum SnapshotCmd {
         #[arg(short = 'o', long = "output-file", value_name = "FILE")]
         out: PathBuf,
     },
-}
-
-/// The opened store and the caller's account.
-fn open(g: &GlobalOpts) -> anyhow::Result<(Store, AccountId)> {
-    let dir = match &g.store {
-        Some(d) => d.clone(),
-        None => Store::default_dir()?,
-    };
-    let store = Store::open(&dir)?;
-    let caller = store.resolve_account(g.account.as_deref())?;
-    Ok((store, caller))
-}
-
-fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
 }
 
 /// ext4's default block size (mke2fs.conf `blocksize = 4096`): `--size` is rounded up to it.

@@ -6,39 +6,10 @@ use crate::store::{AccountId, Image, Snapshot, SnapshotId};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+pub use crate::cli::output::table;
+
 /// Bytes in a MiB.
 const MIB: u64 = 1 << 20;
-
-/// Left-aligned columns separated by two spaces; the last column is not padded.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let n = cells.len();
-        let mut l = String::new();
-        for (i, c) in cells.into_iter().enumerate() {
-            if i + 1 < n {
-                let _ = write!(l, "{c:<w$}  ", w = widths[i]);
-            } else {
-                l.push_str(c);
-            }
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(header.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
-    out
-}
 
 /// A size for people: bytes below a MiB, else MiB or GiB with one decimal.
 pub fn human(bytes: u64) -> String {

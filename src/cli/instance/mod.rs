@@ -4,6 +4,7 @@
 mod render;
 mod run;
 
+use super::output::{open_store as open, print_json, print_out};
 use super::{exit, GlobalOpts, OutputFormat};
 use crate::instance::{self, lifecycle, record, types, ShutdownBehavior};
 use crate::store::{AccountId, Store};
@@ -142,30 +143,6 @@ pub struct RunInstanceArgs {
     /// The instance's first boot (a VM that cannot be built terminates it).
     #[arg(long)]
     pub first_launch: bool,
-}
-
-/// The opened store and the caller's account.
-fn open(g: &GlobalOpts) -> anyhow::Result<(Store, AccountId)> {
-    let dir = match &g.store {
-        Some(d) => d.clone(),
-        None => Store::default_dir()?,
-    };
-    let store = Store::open(&dir)?;
-    let caller = store.resolve_account(g.account.as_deref())?;
-    Ok((store, caller))
-}
-
-fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
-    print_out(&format!("{}\n", serde_json::to_string_pretty(v)?))
-}
-
-/// Write to stdout; a closed pipe (`amivm ps | head`) is not an error.
-fn print_out(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
 }
 
 /// Run an instance command; returns the process exit code.

@@ -1,32 +1,8 @@
 //! Text and JSON rendering of instances and instance types.
 
+use crate::cli::output::table;
 use crate::instance::{Instance, InstanceType};
 use serde_json::{json, Value};
-use std::fmt::Write;
-
-/// Left-aligned columns separated by two spaces.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut l = String::new();
-        for (c, w) in cells.iter().zip(&widths) {
-            let _ = write!(l, "{c:<w$}  ");
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(header.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
-    }
-    out
-}
 
 pub fn types_table(types: &[InstanceType]) -> String {
     let rows: Vec<Vec<String>> = types
