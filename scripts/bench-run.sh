@@ -40,15 +40,7 @@ readonly PARALLEL=20
 # apart: 16 MiB in all, spread over the 8 GiB volume.
 readonly WRITES=32 WRITE_SECTORS=1024 WRITE_STRIDE_SECTORS=$((256 * 2048))
 
-if [ -n "${AMIVM:-}" ]; then
-    amivm=$AMIVM
-else
-    amivm=$AMIVM_ROOT/target/release/amivm
-    if [ ! -x "$amivm" ]; then
-        log "building amivm (cargo build --release)"
-        (cd "$AMIVM_ROOT" && nice -n 19 cargo build --release --quiet) || die "cargo build failed"
-    fi
-fi
+amivm=$(amivm_bin)
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/amivm-bench-run.XXXXXX")
 # shellcheck disable=SC2317 # called by the EXIT trap

@@ -50,17 +50,7 @@ while [ $# -gt 0 ]; do
 done
 
 # amivm: $AMIVM, else a release build (made now if missing or older than the sources).
-if [ -n "${AMIVM:-}" ]; then
-    amivm=$AMIVM
-else
-    amivm=$AMIVM_ROOT/target/release/amivm
-    if [ ! -x "$amivm" ] || [ -n "$(find "$AMIVM_ROOT/src" "$AMIVM_ROOT/Cargo.toml" "$AMIVM_ROOT/data" \
-        -newer "$amivm" -print -quit 2>/dev/null)" ]; then
-        ensure_rust
-        log "building amivm (cargo build --release)"
-        (cd "$AMIVM_ROOT" && cargo build --release --quiet) || die "cargo build failed"
-    fi
-fi
+amivm=$(amivm_bin)
 [ -x "$amivm" ] || command -v "$amivm" >/dev/null 2>&1 || die "amivm not found at $amivm"
 
 if [ -z "$ami" ]; then

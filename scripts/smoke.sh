@@ -53,15 +53,7 @@ if [ ! -f "$test_script" ] || [ ! -r "$test_script" ]; then
     die "$test_script is not a readable file"
 fi
 
-if [ -n "${AMIVM:-}" ]; then
-    amivm=$AMIVM
-else
-    amivm=$AMIVM_ROOT/target/release/amivm
-    if [ ! -x "$amivm" ]; then
-        log "building amivm (cargo build --release)"
-        (cd "$AMIVM_ROOT" && cargo build --release --quiet) || die "cargo build failed"
-    fi
-fi
+amivm=$(amivm_bin)
 
 # The sample's kernel, rootfs and command line (built once, then cached).
 sample_env=$("$AMIVM_ROOT/scripts/build-sample-image.sh" --no-register) ||

@@ -129,3 +129,20 @@ ensure_rust() {
     # shellcheck disable=SC1091
     . "$HOME/.cargo/env"
 }
+
+# amivm_bin: prints the amivm binary to use: $AMIVM when set, else the release build in target/,
+# built (installing Rust if needed) when it is missing or older than the sources.
+amivm_bin() {
+    if [ -n "${AMIVM:-}" ]; then
+        printf '%s\n' "$AMIVM"
+        return 0
+    fi
+    local bin=${CARGO_TARGET_DIR:-$AMIVM_ROOT/target}/release/amivm
+    if [ ! -x "$bin" ] || [ -n "$(find "$AMIVM_ROOT/src" "$AMIVM_ROOT/Cargo.toml" "$AMIVM_ROOT/data" \
+        -newer "$bin" -print -quit 2>/dev/null)" ]; then
+        ensure_rust
+        log "building amivm (cargo build --release)"
+        (cd "$AMIVM_ROOT" && cargo build --release --quiet --bin amivm) >&2 || die "cargo build failed"
+    fi
+    printf '%s\n' "$bin"
+}
