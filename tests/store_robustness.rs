@@ -8,7 +8,6 @@ use store_common::*;
 #[test]
 fn concurrent_creates_both_succeed() {
     let env = Env::new();
-    let kernel = env.kernel();
     // Two disks sharing some chunks, so both processes race on the same chunk names too.
     let a = env.path("a.raw");
     let b = env.path("b.raw");
@@ -20,25 +19,7 @@ fn concurrent_creates_both_succeed() {
     make_disk(&a, 10 * CHUNK, &only_a);
     make_disk(&b, 10 * CHUNK, &only_b);
 
-    let spawn = |name: &str, disk: &std::path::Path| {
-        env.cmd(
-            Some(OWNER),
-            &[
-                "image",
-                "create",
-                "--name",
-                name,
-                "--kernel",
-                kernel.to_str().unwrap(),
-                "--root",
-                disk.to_str().unwrap(),
-            ],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-    };
+    let spawn = |name: &str, disk: &std::path::Path| env.spawn_create(Some(OWNER), name, disk);
     for round in 0..3 {
         let na = format!("a-{round}");
         let nb = format!("b-{round}");
@@ -87,25 +68,7 @@ fn create_caught_staging(env: &Env, name: &str, chunks: u64) -> Option<std::proc
     let disk = env.path(&format!("{name}.raw"));
     let data: Vec<(u64, u64)> = (0..chunks).map(|i| (i, 1000 + i)).collect();
     make_disk(&disk, chunks * CHUNK, &data);
-    let kernel = env.kernel();
-    let mut child = env
-        .cmd(
-            Some(OWNER),
-            &[
-                "image",
-                "create",
-                "--name",
-                name,
-                "--kernel",
-                kernel.to_str().unwrap(),
-                "--root",
-                disk.to_str().unwrap(),
-            ],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn_create(Some(OWNER), name, &disk);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if staged_chunks(env) >= 1 {

@@ -90,8 +90,14 @@ impl Env {
         serde_json::from_str(&self.ok(account, &all)).expect("JSON output")
     }
 
-    /// Create an image from `root` with the test kernel; returns its id.
-    pub fn create(&self, account: Option<&str>, name: &str, root: &Path, extra: &[&str]) -> String {
+    /// `amivm image create --name NAME --kernel <test kernel> --root ROOT EXTRA...`.
+    pub fn create_cmd(
+        &self,
+        account: Option<&str>,
+        name: &str,
+        root: &Path,
+        extra: &[&str],
+    ) -> Command {
         let kernel = self.kernel();
         let mut args = vec![
             "image",
@@ -104,7 +110,35 @@ impl Env {
             root.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let id = self.ok(account, &args).trim().to_string();
+        self.cmd(account, &args)
+    }
+
+    /// Start `image create` in the background with its output captured.
+    pub fn spawn_create(
+        &self,
+        account: Option<&str>,
+        name: &str,
+        root: &Path,
+    ) -> std::process::Child {
+        self.create_cmd(account, name, root, &[])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn amivm image create")
+    }
+
+    /// Create an image from `root` with the test kernel; returns its id.
+    pub fn create(&self, account: Option<&str>, name: &str, root: &Path, extra: &[&str]) -> String {
+        let out = self
+            .create_cmd(account, name, root, extra)
+            .output()
+            .expect("run amivm");
+        assert!(
+            out.status.success(),
+            "image create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert!(
             id.starts_with("ami-") && id.len() == 21,
             "bad image id {id}"
