@@ -7,6 +7,8 @@
 //! - [`store`]: the image store: images, snapshots, blobs, accounts.
 //! - [`instance`]: instances launched from images, instance types.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod cli;
 pub mod instance;
 pub mod store;
