@@ -175,3 +175,63 @@ fn help_documents_the_exit_codes() {
         );
     }
 }
+
+/// `/dev/kvm` missing (hidden in a private mount namespace) or not permitted (an unprivileged
+/// user): 125 and a line that says how to fix it. Needs root to set the situation up.
+#[test]
+fn kvm_missing_or_not_permitted_says_how_to_fix_it() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!(
+            "SKIPPED: needs root to hide /dev/kvm in a mount namespace and to drop privileges"
+        );
+        return;
+    }
+    let amivm = env!("CARGO_BIN_EXE_amivm");
+    let empty = tmp("empty-dev");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "sh", "-c"]).arg(format!(
+        "mount --bind {} /dev && exec {amivm} boot --kernel /nonexistent",
+        empty.display()
+    ));
+    let out = run_with_deadline(cmd, Duration::from_secs(30));
+    assert_eq!(out.code, Some(125), "{}", out.describe());
+    assert!(
+        out.stderr.contains("/dev/kvm does not exist"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("modprobe kvm_intel"),
+        "{}",
+        out.describe()
+    );
+
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata("/dev/kvm")
+        .map(|m| m.permissions().mode())
+        .unwrap_or(0);
+    if mode & 0o006 != 0 {
+        println!("SKIPPED the permission case: /dev/kvm is open to every user here ({mode:o})");
+        return;
+    }
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        amivm,
+        "boot",
+        "--kernel",
+        "/nonexistent",
+    ]);
+    let out = run_with_deadline(cmd, Duration::from_secs(30));
+    assert_eq!(out.code, Some(125), "{}", out.describe());
+    assert!(
+        out.stderr.contains("no permission on /dev/kvm"),
+        "{}",
+        out.describe()
+    );
+    assert!(out.stderr.contains("usermod -aG kvm"), "{}", out.describe());
+}
