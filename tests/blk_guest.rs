@@ -346,7 +346,9 @@ fn hostile_requests_are_refused_and_the_device_keeps_working() {
 #[test]
 fn qemu_and_amivm_devices_give_the_same_answers() {
     if !on_path(QEMU) {
-        eprintln!("SKIPPED: {QEMU} is not installed (apt-get install qemu-system-x86)");
+        common::skip_note(&format!(
+            "{QEMU} is not installed (apt-get install qemu-system-x86)"
+        ));
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -182,9 +182,7 @@ fn help_documents_the_exit_codes() {
 fn kvm_missing_or_not_permitted_says_how_to_fix_it() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        println!(
-            "SKIPPED: needs root to hide /dev/kvm in a mount namespace and to drop privileges"
-        );
+        common::skip_note("the /dev/kvm cases: need root to hide /dev/kvm in a mount namespace and to drop privileges");
         return;
     }
     let amivm = env!("CARGO_BIN_EXE_amivm");
@@ -213,7 +211,9 @@ fn kvm_missing_or_not_permitted_says_how_to_fix_it() {
         .map(|m| m.permissions().mode())
         .unwrap_or(0);
     if mode & 0o006 != 0 {
-        println!("SKIPPED the permission case: /dev/kvm is open to every user here ({mode:o})");
+        common::skip_note(&format!(
+            "the permission case: /dev/kvm is open to every user here ({mode:o})"
+        ));
         return;
     }
     let mut cmd = Command::new("setpriv");

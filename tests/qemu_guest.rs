@@ -19,7 +19,9 @@ fn have_qemu() -> bool {
     if on_path(QEMU) {
         return true;
     }
-    eprintln!("SKIPPED: {QEMU} is not installed (apt-get install qemu-system-x86)");
+    common::skip_note(&format!(
+        "{QEMU} is not installed (apt-get install qemu-system-x86)"
+    ));
     false
 }
 
