@@ -84,6 +84,39 @@ pub(crate) fn pwritev_all(
     vectored(file, bufs, offset, what, Dir::Write)
 }
 
+/// `offset` as an `off_t` for the positioned I/O calls.
+fn file_pos(offset: u64, what: &str) -> Result<libc::off_t, VolumeError> {
+    libc::off_t::try_from(offset).map_err(|_| {
+        VolumeError::io(
+            what,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset too large"),
+        )
+    })
+}
+
+/// The result of one `pread(v)`/`pwrite(v)`: bytes moved, `None` to retry after EINTR, or the
+/// error (a zero-byte transfer is end of file / a write that cannot proceed).
+fn transferred(n: isize, what: &str, dir: Dir) -> Result<Option<usize>, VolumeError> {
+    if n < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(None);
+        }
+        return Err(VolumeError::io(what, err));
+    }
+    if n == 0 {
+        let kind = match dir {
+            Dir::Read => std::io::ErrorKind::UnexpectedEof,
+            Dir::Write => std::io::ErrorKind::WriteZero,
+        };
+        return Err(VolumeError::io(
+            what,
+            std::io::Error::new(kind, "short transfer"),
+        ));
+    }
+    Ok(Some(n as usize))
+}
+
 fn vectored(
     file: &File,
     bufs: &[VolatileSlice<'_>],
@@ -100,12 +133,7 @@ fn vectored(
     let mut off = offset;
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(pending.len().min(IOV_MAX));
     while idx < pending.len() {
-        let pos = libc::off_t::try_from(off).map_err(|_| {
-            VolumeError::io(
-                what,
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset too large"),
-            )
-        })?;
+        let pos = file_pos(off, what)?;
         let batch = &pending[idx..pending.len().min(idx + IOV_MAX)];
         iov.clear();
         for b in batch {
@@ -136,24 +164,9 @@ fn vectored(
                 )
             },
         };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(VolumeError::io(what, err));
-        }
-        if n == 0 {
-            let kind = match dir {
-                Dir::Read => std::io::ErrorKind::UnexpectedEof,
-                Dir::Write => std::io::ErrorKind::WriteZero,
-            };
-            return Err(VolumeError::io(
-                what,
-                std::io::Error::new(kind, "short transfer"),
-            ));
-        }
-        let mut n = n as usize;
+        let Some(mut n) = transferred(n, what, dir)? else {
+            continue;
+        };
         off += n as u64;
         while n > 0 && idx < pending.len() {
             let len = pending[idx].len();
@@ -179,15 +192,7 @@ fn single(
 ) -> Result<(), VolumeError> {
     let mut done = 0usize;
     while done < buf.len() {
-        let pos = offset
-            .checked_add(done as u64)
-            .and_then(|p| libc::off_t::try_from(p).ok())
-            .ok_or_else(|| {
-                VolumeError::io(
-                    what,
-                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "offset too large"),
-                )
-            })?;
+        let pos = file_pos(offset.saturating_add(done as u64), what)?;
         let rest = subslice(buf, done, buf.len() - done)?;
         let ptr = rest.ptr_guard_mut().as_ptr().cast::<libc::c_void>();
         let n = match dir {
@@ -197,24 +202,10 @@ fn single(
             // SAFETY: as above; the kernel only reads it.
             Dir::Write => unsafe { libc::pwrite(file.as_raw_fd(), ptr, rest.len(), pos) },
         };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(VolumeError::io(what, err));
-        }
-        if n == 0 {
-            let kind = match dir {
-                Dir::Read => std::io::ErrorKind::UnexpectedEof,
-                Dir::Write => std::io::ErrorKind::WriteZero,
-            };
-            return Err(VolumeError::io(
-                what,
-                std::io::Error::new(kind, "short transfer"),
-            ));
-        }
-        done += n as usize;
+        let Some(n) = transferred(n, what, dir)? else {
+            continue;
+        };
+        done += n;
     }
     Ok(())
 }
