@@ -106,6 +106,19 @@ fn expect_good_answers(report: &Report, base: &[u8]) {
     expect_status(report, &op(report, "flush", 0), S_OK);
 }
 
+/// A temporary directory with a fresh base image `base.img` (returned as bytes) and the
+/// `--drive` argument that puts the overlay `vol.cow` over it, with the test's id.
+fn overlay_drive() -> (tempfile::TempDir, Vec<u8>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = make_base(&dir.path().join("base.img"), BASE_SECTORS);
+    let drive = format!(
+        "path={},overlay={},id={ID}",
+        dir.path().join("base.img").display(),
+        dir.path().join("vol.cow").display()
+    );
+    (dir, base, drive)
+}
+
 /// `base` with the test's write applied.
 fn with_write(base: &[u8]) -> Vec<u8> {
     let mut v = base.to_vec();
@@ -118,15 +131,9 @@ fn with_write(base: &[u8]) -> Vec<u8> {
 /// and a second boot over the same overlay reads it back.
 #[test]
 fn overlay_drive_reads_writes_flushes_and_keeps_the_base() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, base, drive) = overlay_drive();
     let (base_path, ov) = (dir.path().join("base.img"), dir.path().join("vol.cow"));
-    let base = make_base(&base_path, BASE_SECTORS);
     let base_sha = sha256_file(&base_path);
-    let drive = format!(
-        "path={},overlay={},id={ID}",
-        base_path.display(),
-        ov.display()
-    );
 
     let report = expect_exit(&amivm_blk(&[&drive], &good_words()), 0);
     expect_device(&report, false);
@@ -160,10 +167,8 @@ fn overlay_drive_reads_writes_flushes_and_keeps_the_base() {
 /// VM ends, so the write is in the overlay (data and bitmap) once amivm has exited.
 #[test]
 fn unflushed_writes_are_made_durable_when_the_guest_stops() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, base, drive) = overlay_drive();
     let (base_path, ov) = (dir.path().join("base.img"), dir.path().join("vol.cow"));
-    let base = make_base(&base_path, BASE_SECTORS);
-    let drive = format!("path={},overlay={}", base_path.display(), ov.display());
     let (s, c) = WRITE;
     let report = expect_exit(
         &amivm_blk(&[&drive], &format!("blk=write:{s}:{c}:{SEED} exit_code=0")),
@@ -253,15 +258,9 @@ fn hostile(report: &Report, name: &str) -> Record {
 /// wedge the device, never change the volume; good requests work afterwards.
 #[test]
 fn hostile_requests_are_refused_and_the_device_keeps_working() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let (dir, base, drive) = overlay_drive();
     let (base_path, ov) = (dir.path().join("base.img"), dir.path().join("vol.cow"));
-    let base = make_base(&base_path, BASE_SECTORS);
     let base_sha = sha256_file(&base_path);
-    let drive = format!(
-        "path={},overlay={},id={ID}",
-        base_path.display(),
-        ov.display()
-    );
     let words = format!("blk=hostile {}", good_words());
     let out = amivm_blk(&[&drive], &words);
     // The per-request answers first: they say most about what went wrong.
