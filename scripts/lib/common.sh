@@ -31,13 +31,14 @@ sha256_of() {
     done | sha256sum | cut -c1-64
 }
 
-# apt_install PKG...: installs the packages that are missing, if we are root; otherwise says what to run.
-# Waits for the dpkg lock instead of failing when another apt is running.
+# apt_install PKG[=VERSION]...: installs, in ONE apt call, the packages that are missing (or installed at
+# another version than the one asked for), if we are root; otherwise says what to run. One call lets apt
+# solve for every package at once, so it never removes one we need to make room for another (installing
+# qemu-system-x86 7.2 alone removed the machine image's qemu-utils 10.0 from backports). Downgrades are
+# allowed only for packages pinned with =VERSION. Waits for the dpkg lock instead of failing.
 apt_install() {
-    local missing=() p
-    for p in "$@"; do
-        dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-    done
+    local missing=()
+    mapfile -t missing < <(apt_missing "$@")
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ]; then
         die "missing packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})"
@@ -45,7 +46,41 @@ apt_install() {
     log "installing with apt: ${missing[*]}"
     apt_update_once
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 -o Dpkg::Use-Pty=0 \
-        --no-install-recommends "${missing[@]}" >&2
+        --no-install-recommends --allow-downgrades "${missing[@]}" >&2
+}
+
+# apt_missing PKG[=VERSION]...: prints, one a line, those not installed (or installed at another version).
+apt_missing() {
+    local p name want have
+    for p in "$@"; do
+        name=${p%%=*}
+        want=${p#"$name"}
+        want=${want#=}
+        have=$({ dpkg-query -W -f '${Status} ${Version}' "$name" 2>/dev/null || true; } |
+            awk '$3 == "installed" { print $4 }')
+        if [ -z "$have" ] || { [ -n "$want" ] && [ "$have" != "$want" ]; }; then printf '%s\n' "$p"; fi
+    done
+}
+
+# qemu_packages: prints the QEMU packages to install, pinned to one version: the candidate of
+# qemu-system-x86 (Debian's 7.2 on bookworm) for qemu-system-x86 and qemu-utils alike, so apt installs
+# them together instead of removing a newer qemu-utils the machine image brought from backports.
+# (Reads apt's lists as they are: run apt_update_once first when something is to be installed.)
+qemu_packages() {
+    local ver
+    ver=$(apt_candidate qemu-system-x86)
+    if [ -z "$ver" ]; then
+        printf '%s\n' qemu-system-x86 qemu-utils
+    else
+        printf '%s\n' "qemu-system-x86=$ver" "qemu-utils=$ver"
+    fi
+}
+
+# require_commands CMD...: fails with one clear line naming every command that is still missing.
+require_commands() {
+    local c lost=()
+    for c in "$@"; do command -v "$c" >/dev/null 2>&1 || lost+=("$c"); done
+    [ ${#lost[@]} -eq 0 ] || die "commands missing after installing packages: ${lost[*]}"
 }
 
 # need_tool CMD PKG: makes sure command CMD exists, installing package PKG when it does not.
