@@ -88,12 +88,9 @@ impl InstanceDir {
             path.push(name);
             fd = rustix::fs::openat(&fd, name, dir_flags | OFlags::NOFOLLOW, Mode::empty())
                 .map_err(|e| match e {
-                    rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
-                        InstanceError::Outside(format!(
-                            "{} is a symbolic link or not a directory",
-                            path.display()
-                        ))
-                    }
+                    rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => InstanceError::Outside(
+                        format!("{} is a symbolic link or not a directory", path.display()),
+                    ),
                     e => InstanceError::io(format!("open {}", path.display()), e.into()),
                 })?;
         }

@@ -372,18 +372,31 @@ fn finish(
     }
 }
 
-/// Delete the overlays of volumes marked DeleteOnTermination: none unless every one is a
-/// plain file in the instance's directory ([`InstanceDir::remove_files`]).
-pub fn delete_volumes(inst: &mut Instance, dir: &InstanceDir) -> Result<()> {
+/// Whether termination deletes the volume.
+fn doomed(v: &InstanceVolume) -> bool {
+    v.delete_on_termination && !v.deleted
+}
+
+/// The overlays [`delete_volumes`] would delete, after checking the record and that each is a
+/// plain name of a regular file (or absent) in the instance's directory; nothing is deleted.
+pub fn deletable_volumes<'a>(inst: &'a Instance, dir: &InstanceDir) -> Result<Vec<&'a str>> {
     inst.check(&inst.instance_id)?;
-    let doomed = |v: &InstanceVolume| v.delete_on_termination && !v.deleted;
     let names: Vec<&str> = inst
         .volumes
         .iter()
         .filter(|v| doomed(v))
         .map(|v| v.overlay.as_str())
         .collect();
-    dir.remove_files(&names)?;
+    for name in &names {
+        dir.file_type(name)?;
+    }
+    Ok(names)
+}
+
+/// Delete the overlays of volumes marked DeleteOnTermination: none unless every one is a
+/// plain file in the instance's directory ([`deletable_volumes`]).
+pub fn delete_volumes(inst: &mut Instance, dir: &InstanceDir) -> Result<()> {
+    dir.remove_files(&deletable_volumes(inst, dir)?)?;
     for v in inst.volumes.iter_mut().filter(|v| doomed(v)) {
         v.deleted = true;
     }

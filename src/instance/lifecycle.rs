@@ -1,6 +1,6 @@
 //! Start, stop and terminate.
 //!
-//! Stopping a running instance is one sequence, [`stop_vm`]: *press* (SIGTERM to its amivm
+//! Stopping a running instance is one sequence, `stop_vm`: *press* (SIGTERM to its amivm
 //! process, whose VMM sends the guest Ctrl-Alt-Del through the i8042), *wait the grace period*
 //! ([`STOP_GRACE`]) for the guest to shut down and the process to release the run lock, then
 //! *force* (a second SIGTERM: the VMM stops the VM at once and flushes the volumes), and SIGKILL
@@ -14,7 +14,7 @@
 //! refuses and changes nothing.
 
 use super::dir::InstanceDir;
-use super::launch::{delete_volumes, STOP_GRACE};
+use super::launch::{deletable_volumes, delete_volumes, STOP_GRACE};
 use super::lock::RunLock;
 use super::process::InstanceProcess;
 use super::record::{self, Instance};
@@ -233,6 +233,8 @@ pub fn terminate(
     }
     let id = inst.instance_id.clone();
     let dir = inst.dir(store)?;
+    // Everything it will delete is checked before anything changes.
+    deletable_volumes(&inst, &dir)?;
     let runner = if inst.process.is_some() {
         runner(&inst, &dir)?
     } else {

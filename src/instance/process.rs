@@ -95,7 +95,7 @@ pub fn holds_lock(pid: u32, dir: &InstanceDir) -> Result<bool> {
 }
 
 /// Whether a /proc/PID/fdinfo/FD text shows an exclusive flock(2) held through that
-/// descriptor (a line like `lock:	1: FLOCK  ADVISORY  WRITE 1234 fe:00:1001 0 EOF`).
+/// descriptor (a line like `lock:<TAB>1: FLOCK  ADVISORY  WRITE 1234 fe:00:1001 0 EOF`).
 pub fn fdinfo_has_flock(fdinfo: &str) -> bool {
     fdinfo.lines().any(|l| {
         l.strip_prefix("lock:").is_some_and(|rest| {

@@ -26,11 +26,12 @@ pub enum InstanceCmd {
         #[arg(long, short = 'a')]
         all: bool,
     },
-    /// Stop an instance: Ctrl-Alt-Del to the guest, then stop the VM after a grace period.
+    /// Stop an instance: Ctrl-Alt-Del to the guest, then stop the VM after a grace period of
+    /// 10 s (sooner if the guest shuts down).
     Stop {
         /// Instance id or name.
         instance: String,
-        /// Stop the VM at once, without giving the guest time to shut down.
+        /// Skip the grace period: stop the VM at once (volumes still flushed).
         #[arg(long, short = 'f')]
         force: bool,
     },
@@ -76,7 +77,8 @@ pub struct RunArgs {
     /// Instance type: its vCPUs and memory (see `amivm instance-types`).
     #[arg(long, short = 't', default_value = types::DEFAULT_TYPE, value_name = "TYPE")]
     pub instance_type: String,
-    /// A name for the instance (usable instead of its id).
+    /// A name for the instance (usable instead of its id; not shaped like an id, `i-` and hex
+    /// digits).
     #[arg(long)]
     pub name: Option<String>,
     /// Add to the image's kernel command line.
@@ -185,7 +187,12 @@ pub fn run(cmd: InstanceCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
                 .filter(|i| all || i.state != instance::InstanceState::Terminated)
                 .collect();
             if json {
-                print_json(&list.iter().map(|i| render::json(i, &store)).collect::<Vec<_>>())?;
+                print_json(
+                    &list
+                        .iter()
+                        .map(|i| render::json(i, &store))
+                        .collect::<Vec<_>>(),
+                )?;
             } else {
                 print_out(&render::ps_table(&list))?;
             }
@@ -253,9 +260,7 @@ const FOLLOW_POLL: Duration = Duration::from_millis(100);
 fn open_console_log(dir: &InstanceDir) -> anyhow::Result<Option<std::fs::File>> {
     match dir.open_file(CONSOLE_LOG, Access::Read) {
         Ok(f) => Ok(Some(f)),
-        Err(InstanceError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
+        Err(InstanceError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Ok(None)
         }
         Err(e) => Err(e.into()),
