@@ -126,6 +126,10 @@ fn bad_input_fails_with_one_line_and_leaves_nothing() {
         &["run", &env.ami, "--expect", "("][..],
         &["run", &env.ami, "--timeout", "0"][..],
         &["run", &env.ami, "--name", "two words"][..],
+        // Names shaped like instance ids would read as ids (issue 8).
+        &["run", &env.ami, "--name", "i-0123456789abcdef0"][..],
+        &["run", &env.ami, "--name", "i-0123456789ABCDEF0"][..],
+        &["run", &env.ami, "--name", "i-1234abcd"][..],
     ] {
         let out = env.run(args);
         assert_eq!(out.code, Some(EXIT_FAILED), "{args:?}: {}", out.describe());
@@ -208,7 +212,21 @@ fn serial_log_and_logs() {
     let id = launched_id(&out);
     let file = std::fs::read_to_string(&log).expect("serial log written");
     assert!(file.contains("AMIVM-GUEST exit=7"), "{file}");
+    // `logs` prints the instance's own log, which that run did not write, and names the file
+    // (the record only remembers it: a path in a record is never opened again, issue 8).
+    let out = env.run(&["logs", &id]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(!out.stdout.contains("AMIVM-GUEST"), "{}", out.describe());
+    assert!(
+        out.stderr.contains(log.to_str().unwrap()),
+        "{}",
+        out.describe()
+    );
+    // A later start writes the instance's log, and leaves the file alone.
+    let out = env.run(&["start", &id, "--attach", "--timeout", GUEST_TIMEOUT]);
+    assert_eq!(out.code, Some(7), "{}", out.describe());
     env.logs(&id).expect_str("exit", "7");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), file);
 }
 
 /// Count the chunk objects in the store.

@@ -70,7 +70,7 @@ pub fn create_image(
         let view = super::launch::base_view(store, v)?;
         let mut overlay = CowOverlay::open(
             Box::new(view),
-            &dir.join(&v.overlay),
+            &dir.file_path(&v.overlay)?,
             v.snapshot_id.as_str(),
         )?
         .with_read_only(true);

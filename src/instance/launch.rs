@@ -5,6 +5,7 @@
 //! `pending`. [`boot`] runs it to the end in this process: `running` once the VM is built, and
 //! `stopped` or `terminated` once it ends ([`state_after`]).
 
+use super::dir::InstanceDir;
 use super::lock::{process_start_ticks, RunLock};
 use super::record::{self, generate_id, generate_volume_id, Instance, InstanceVolume, ProcessInfo};
 use super::state::{InstanceState, ShutdownBehavior};
@@ -17,7 +18,7 @@ use crate::vmm::devices::virtio::BlockConfig;
 use crate::vmm::{BlockDrive, ConsoleConfig, VmConfig, VmExit, Vmm};
 use crate::volume::CowOverlay;
 use regex::Regex;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The console log's file name in the instance directory (unless `--serial-log` names one).
@@ -55,12 +56,15 @@ pub struct BootOptions {
     pub console_stdout: bool,
     /// Forward a terminal on stdin to the guest.
     pub stdin: bool,
+    /// `--serial-log`: the console goes to this file instead of the instance's `console.log`
+    /// (this run only: it comes from the command line, never from the record).
+    pub serial_log: Option<PathBuf>,
 }
 
 /// The overlay file of the volume on `device` (`/dev/vda` → `vda.cow`).
 fn overlay_name(device: &str) -> String {
     let base = device.rsplit('/').next().unwrap_or(device);
-    format!("{base}.cow")
+    format!("{base}{}", record::OVERLAY_SUFFIX)
 }
 
 /// Create an instance of `req.image` for `caller`: check the launch permission, make one
@@ -84,9 +88,9 @@ pub fn create(
         )));
     }
     let id = generate_id();
-    let dir = store.record_data_dir(record::KIND, &id)?;
+    let dir = InstanceDir::open(store, record::KIND, &id)?;
     let cleanup = |e: InstanceError| {
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(dir.path());
         e
     };
     let lock = RunLock::try_acquire(&dir)
@@ -112,12 +116,14 @@ pub fn create(
             deleted: false,
         });
     }
-    let log = req
+    let serial_log = req
         .serial_log
-        .clone()
-        .unwrap_or_else(|| dir.join(CONSOLE_LOG));
-    let console_log = std::path::absolute(&log)
-        .map_err(|e| InstanceError::io(format!("console log {}", log.display()), e))
+        .as_ref()
+        .map(|log| {
+            std::path::absolute(log)
+                .map_err(|e| InstanceError::io(format!("--serial-log {}", log.display()), e))
+        })
+        .transpose()
         .map_err(cleanup)?;
     let inst = Instance {
         instance_id: id,
@@ -137,7 +143,7 @@ pub fn create(
         shutdown_behavior: req.shutdown_behavior,
         remove_on_stop: req.remove_on_stop,
         launch_time: now_rfc3339(),
-        console_log,
+        serial_log,
         volumes,
         process: None,
     };
@@ -162,25 +168,25 @@ pub fn base_view(store: &Store, v: &InstanceVolume) -> Result<SnapshotView> {
 /// copied).
 fn make_overlay(
     store: &Store,
-    dir: &Path,
+    dir: &InstanceDir,
     name: &str,
     snapshot: &crate::store::SnapshotId,
     size: u64,
 ) -> Result<()> {
     let view = store.snapshot_view(snapshot)?.with_size(size)?;
-    let overlay = CowOverlay::open(Box::new(view), &dir.join(name), snapshot.as_str())?;
+    let overlay = CowOverlay::open(Box::new(view), &dir.file_path(name)?, snapshot.as_str())?;
     drop(overlay);
     Ok(())
 }
 
 /// Open the instance's volumes as block devices, root first.
-fn open_drives(store: &Store, inst: &Instance, dir: &Path) -> Result<Vec<BlockDrive>> {
+fn open_drives(store: &Store, inst: &Instance, dir: &InstanceDir) -> Result<Vec<BlockDrive>> {
     let mut drives = Vec::new();
     for v in inst.volumes.iter().filter(|v| !v.deleted) {
         let view = base_view(store, v)?;
         let overlay = CowOverlay::open(
             Box::new(view),
-            &dir.join(&v.overlay),
+            &dir.file_path(&v.overlay)?,
             v.snapshot_id.as_str(),
         )?
         .with_read_only(v.read_only)
@@ -196,8 +202,17 @@ fn open_drives(store: &Store, inst: &Instance, dir: &Path) -> Result<Vec<BlockDr
     Ok(drives)
 }
 
-/// The VM configuration of an instance.
-pub fn vm_config(store: &Store, inst: &Instance, opts: &BootOptions) -> Result<VmConfig> {
+/// The VM configuration of an instance whose directory is `dir`.
+pub fn vm_config(
+    store: &Store,
+    inst: &Instance,
+    dir: &InstanceDir,
+    opts: &BootOptions,
+) -> Result<VmConfig> {
+    let log = match &opts.serial_log {
+        Some(p) => p.clone(),
+        None => dir.file_path(CONSOLE_LOG)?,
+    };
     Ok(VmConfig {
         kernel: store.kernel_blob_path(&inst.image)?,
         initrd: store.initrd_blob_path(&inst.image)?,
@@ -208,7 +223,7 @@ pub fn vm_config(store: &Store, inst: &Instance, opts: &BootOptions) -> Result<V
         timeout: opts.timeout,
         console: ConsoleConfig {
             stdout: opts.console_stdout,
-            log: Some(inst.console_log.clone()),
+            log: Some(log),
             stdin: opts.stdin,
             expect: opts.expect.clone(),
         },
@@ -242,14 +257,14 @@ pub fn boot(
     };
     // Nobody else changes a pending instance while we hold its run lock (stop and terminate
     // wait for it to leave pending), so a plain read is enough here.
-    let inst = record::get(store, id).ok_or_else(|| InstanceError::NotFound(id.to_string()))?;
+    let inst = record::get(store, id)?.ok_or_else(|| InstanceError::NotFound(id.to_string()))?;
     if inst.state != InstanceState::Pending {
         return Err(not_pending(&inst));
     }
     let pid = std::process::id();
     let process = process_start_ticks(pid).map(|start_ticks| ProcessInfo { pid, start_ticks });
     let dir = inst.dir(store)?;
-    let built = vm_config(store, &inst, opts).and_then(|config| {
+    let built = vm_config(store, &inst, &dir, opts).and_then(|config| {
         let drives = open_drives(store, &inst, &dir)?;
         Ok(Vmm::new(config, drives)?)
     });
@@ -326,7 +341,7 @@ fn finish(
     first_launch: bool,
 ) -> Result<Option<Instance>> {
     let reason = format!("{} at {}", exit_reason(exit), now_rfc3339());
-    let dir = store.record_data_dir(record::KIND, id)?;
+    let dir = InstanceDir::open(store, record::KIND, id)?;
     let inst = record::update(store, id, |i| {
         let next = state_after(i.state, exit, i.shutdown_behavior, first_launch);
         i.process = None;
@@ -357,19 +372,32 @@ fn finish(
     }
 }
 
-/// Delete the overlays of volumes marked DeleteOnTermination.
-pub fn delete_volumes(inst: &mut Instance, dir: &Path) -> Result<()> {
-    for v in inst
+/// Whether termination deletes the volume.
+fn doomed(v: &InstanceVolume) -> bool {
+    v.delete_on_termination && !v.deleted
+}
+
+/// The overlays [`delete_volumes`] would delete, after checking the record and that each is a
+/// plain name of a regular file (or absent) in the instance's directory; nothing is deleted.
+pub fn deletable_volumes<'a>(inst: &'a Instance, dir: &InstanceDir) -> Result<Vec<&'a str>> {
+    inst.check(&inst.instance_id)?;
+    let names: Vec<&str> = inst
         .volumes
-        .iter_mut()
-        .filter(|v| v.delete_on_termination && !v.deleted)
-    {
-        let path = dir.join(&v.overlay);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(InstanceError::io(format!("delete {}", path.display()), e)),
-        }
+        .iter()
+        .filter(|v| doomed(v))
+        .map(|v| v.overlay.as_str())
+        .collect();
+    for name in &names {
+        dir.file_type(name)?;
+    }
+    Ok(names)
+}
+
+/// Delete the overlays of volumes marked DeleteOnTermination: none unless every one is a
+/// plain file in the instance's directory ([`deletable_volumes`]).
+pub fn delete_volumes(inst: &mut Instance, dir: &InstanceDir) -> Result<()> {
+    dir.remove_files(&deletable_volumes(inst, dir)?)?;
+    for v in inst.volumes.iter_mut().filter(|v| doomed(v)) {
         v.deleted = true;
     }
     Ok(())

@@ -1,29 +1,39 @@
 //! Start, stop and terminate.
 //!
-//! `stop` and `terminate` of a running instance signal its amivm process (SIGTERM: the VMM sends
-//! the guest Ctrl-Alt-Del through the i8042 and stops the VM after [`STOP_GRACE`]), wait for
-//! the process to release the run lock, and SIGKILL it if it has not done so by
-//! [`KILL_AFTER`]. The process records the end itself; if it was killed, the waiting command
-//! records it.
+//! Stopping a running instance is one sequence, `stop_vm`: *press* (SIGTERM to its amivm
+//! process, whose VMM sends the guest Ctrl-Alt-Del through the i8042), *wait the grace period*
+//! ([`STOP_GRACE`]) for the guest to shut down and the process to release the run lock, then
+//! *force* (a second SIGTERM: the VMM stops the VM at once and flushes the volumes), and SIGKILL
+//! the process if even that has not ended it [`FORCE_WAIT`] later. `--force` skips the grace
+//! period. The process records the end itself; if it was killed, the waiting command records
+//! it.
+//!
+//! Only a process proven to be the instance's is signalled ([`InstanceProcess::verify`]: the
+//! recorded start time matches and it holds the run lock). If nobody holds the lock, the
+//! instance is treated as stopped and nothing is signalled; if someone else does, the command
+//! refuses and changes nothing.
 
-use super::launch::{delete_volumes, STOP_GRACE};
-use super::lock::{same_process_alive, RunLock};
+use super::dir::InstanceDir;
+use super::launch::{deletable_volumes, delete_volumes, STOP_GRACE};
+use super::lock::RunLock;
+use super::process::InstanceProcess;
 use super::record::{self, Instance};
 use super::state::InstanceState;
 use super::{InstanceError, Result};
 use crate::store::manifest::now_rfc3339;
 use crate::store::{AccountId, Store};
+use rustix::process::Signal;
 use std::time::{Duration, Instant};
 
-/// How long after SIGTERM a process that has not ended is killed: the grace the guest gets,
-/// plus time for the VMM to stop its vCPU threads and flush the volumes.
-pub const KILL_AFTER: Duration = Duration::from_secs(STOP_GRACE.as_secs() + 10);
+/// How long after the forcing SIGTERM a process that has not ended is killed: time for the
+/// VMM to stop its vCPU threads and flush the volumes.
+pub const FORCE_WAIT: Duration = Duration::from_secs(10);
 /// How long to wait for the lock after SIGKILL (the kernel tears the VM down).
 const AFTER_KILL: Duration = Duration::from_secs(10);
 /// How long `start` waits for a lock held briefly by another command.
 const LOCK_RETRY: Duration = Duration::from_secs(3);
-/// Between the two SIGTERMs of a forced stop: longer than the VMM's signal poll interval
-/// (50 ms, src/vmm/vm.rs), so it sees them as two requests.
+/// The grace period of a forced stop: between its two SIGTERMs, longer than the VMM's signal
+/// poll interval (50 ms, `POLL_INTERVAL` in src/vmm/vm.rs), so it sees them as two requests.
 const FORCE_GAP: Duration = Duration::from_millis(150);
 /// How often to look at the lock while waiting.
 const POLL: Duration = Duration::from_millis(20);
@@ -31,7 +41,7 @@ const POLL: Duration = Duration::from_millis(20);
 const PENDING_WAIT: Duration = Duration::from_secs(30);
 
 /// Take an instance's run lock, retrying for a short while.
-fn lock_soon(dir: &std::path::Path) -> Result<Option<RunLock>> {
+fn lock_soon(dir: &InstanceDir) -> Result<Option<RunLock>> {
     let t0 = Instant::now();
     loop {
         if let Some(l) = RunLock::try_acquire(dir)? {
@@ -67,24 +77,8 @@ pub fn start(store: &Store, caller: &AccountId, id_or_name: &str) -> Result<(Ins
     Ok((inst, lock))
 }
 
-/// Send `sig` to the instance's process if it is still the process that started it.
-fn signal(inst: &Instance, sig: libc::c_int) -> bool {
-    let Some(p) = inst.process else {
-        return false;
-    };
-    if !same_process_alive(p.pid, p.start_ticks) {
-        return false;
-    }
-    let Ok(pid) = libc::pid_t::try_from(p.pid) else {
-        return false;
-    };
-    // SAFETY: kill only reads its integer arguments; the pid was checked to be the instance's
-    // process (same start time) just above.
-    unsafe { libc::kill(pid, sig) == 0 }
-}
-
 /// Wait for the run lock to be free, up to `limit`.
-fn wait_lock(dir: &std::path::Path, limit: Duration) -> Result<Option<RunLock>> {
+fn wait_lock(dir: &InstanceDir, limit: Duration) -> Result<Option<RunLock>> {
     let t0 = Instant::now();
     loop {
         if let Some(l) = RunLock::try_acquire(dir)? {
@@ -109,22 +103,62 @@ fn wait_not_pending(store: &Store, caller: &AccountId, inst: Instance) -> Result
     Ok(inst)
 }
 
-/// Ask the running process to stop the VM and wait until it has; returns the held run lock.
-fn stop_process(inst: &Instance, dir: &std::path::Path, force: bool) -> Result<RunLock> {
-    signal(inst, libc::SIGTERM);
-    if force {
-        std::thread::sleep(FORCE_GAP);
-        signal(inst, libc::SIGTERM);
+/// Who runs an instance right now.
+enum Runner {
+    /// Nobody: the run lock was free and is now held by this command.
+    Nobody(RunLock),
+    /// Its amivm process, verified.
+    Process(InstanceProcess),
+}
+
+/// Find who runs `inst`: nobody (the lock is free), or its recorded process, if that is
+/// provably the lock holder; anything else is refused ([`InstanceError::NotOurProcess`]).
+fn runner(inst: &Instance, dir: &InstanceDir) -> Result<Runner> {
+    if let Some(lock) = RunLock::try_acquire(dir)? {
+        return Ok(Runner::Nobody(lock));
     }
-    if let Some(l) = wait_lock(dir, KILL_AFTER)? {
+    match inst.process {
+        Some(p) => Ok(Runner::Process(InstanceProcess::verify(
+            &inst.instance_id,
+            p,
+            dir,
+        )?)),
+        None => Err(InstanceError::NotOurProcess(format!(
+            "instance {}: another process holds its run lock and none is recorded; not \
+             signalling anything",
+            inst.instance_id
+        ))),
+    }
+}
+
+/// Stop the VM run by `process`: press, wait the grace period, then force (see the module
+/// comment). `force`: no grace period. Returns the run lock, held once the process has ended.
+fn stop_vm(
+    inst: &Instance,
+    dir: &InstanceDir,
+    process: &InstanceProcess,
+    force: bool,
+) -> Result<RunLock> {
+    let grace = if force { FORCE_GAP } else { STOP_GRACE };
+    // Press: the guest's cue to shut down.
+    process.signal(Signal::TERM);
+    // Wait the grace period for the guest to shut down (the VMM also stops the VM itself once
+    // STOP_GRACE has passed).
+    if let Some(l) = wait_lock(dir, grace)? {
+        return Ok(l);
+    }
+    // Force: the VMM stops the VM at once, flushing the volumes.
+    process.signal(Signal::TERM);
+    if let Some(l) = wait_lock(dir, FORCE_WAIT)? {
         return Ok(l);
     }
     log::warn!(
-        "{}: the amivm process did not stop within {} s; killing it",
+        "{}: amivm process {} did not stop within {} s of being forced; killing it",
         inst.instance_id,
-        KILL_AFTER.as_secs()
+        process.pid(),
+        FORCE_WAIT.as_secs()
     );
-    signal(inst, libc::SIGKILL);
+    process.signal(Signal::KILL);
     wait_lock(dir, AFTER_KILL)?.ok_or_else(|| InstanceError::WrongState {
         id: inst.instance_id.clone(),
         state: inst.state,
@@ -149,14 +183,22 @@ pub fn stop(store: &Store, caller: &AccountId, id_or_name: &str, force: bool) ->
         InstanceState::Running | InstanceState::Stopping => {}
     }
     let id = inst.instance_id.clone();
+    let dir = inst.dir(store)?;
+    let process = match runner(&inst, &dir)? {
+        Runner::Process(p) => p,
+        // Its process is gone: reconcile records it as stopped.
+        Runner::Nobody(lock) => {
+            drop(lock);
+            return record::reconcile(store, inst);
+        }
+    };
     let inst = record::update(store, &id, |i| {
         if i.state == InstanceState::Running {
             i.set_state(InstanceState::Stopping, "stop requested from the host")?;
         }
         Ok(())
     })?;
-    let dir = inst.dir(store)?;
-    let _lock = stop_process(&inst, &dir, force)?;
+    let _lock = stop_vm(&inst, &dir, &process, force)?;
     match record::update(store, &id, |i| {
         if i.state.is_active() {
             i.state = InstanceState::Stopped;
@@ -190,21 +232,27 @@ pub fn terminate(
         return Ok(inst);
     }
     let id = inst.instance_id.clone();
+    let dir = inst.dir(store)?;
+    // Everything it will delete is checked before anything changes.
+    deletable_volumes(&inst, &dir)?;
+    let runner = if inst.process.is_some() {
+        runner(&inst, &dir)?
+    } else {
+        Runner::Nobody(lock_soon(&dir)?.ok_or_else(|| InstanceError::WrongState {
+            id: id.clone(),
+            state: inst.state,
+            why: "another amivm process holds it".into(),
+        })?)
+    };
     let inst = record::update(store, &id, |i| {
         if i.state != InstanceState::ShuttingDown {
             i.set_state(InstanceState::ShuttingDown, "terminate requested")?;
         }
         Ok(())
     })?;
-    let dir = inst.dir(store)?;
-    let _lock = if inst.process.is_some() {
-        stop_process(&inst, &dir, force)?
-    } else {
-        lock_soon(&dir)?.ok_or_else(|| InstanceError::WrongState {
-            id: id.clone(),
-            state: inst.state,
-            why: "another amivm process holds it".into(),
-        })?
+    let _lock = match runner {
+        Runner::Nobody(lock) => lock,
+        Runner::Process(p) => stop_vm(&inst, &dir, &p, force)?,
     };
     match record::update(store, &id, |i| {
         if i.state != InstanceState::Terminated {

@@ -3,10 +3,10 @@
 //! dies, however it dies, so "can I take the lock?" answers "is the instance's process gone?"
 //! without trusting a pid that may have been reused.
 
+use super::dir::{Access, InstanceDir};
 use super::{InstanceError, Result};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::path::Path;
 
 /// The lock file's name in the instance's directory.
 pub const LOCK_FILE: &str = "run.lock";
@@ -19,15 +19,9 @@ pub struct RunLock {
 
 impl RunLock {
     /// Take the lock if it is free right now (`None`: someone runs the instance).
-    pub fn try_acquire(dir: &Path) -> Result<Option<RunLock>> {
-        let path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| InstanceError::io(format!("open {}", path.display()), e))?;
+    pub fn try_acquire(dir: &InstanceDir) -> Result<Option<RunLock>> {
+        let path = dir.path().join(LOCK_FILE);
+        let file = dir.open_file(LOCK_FILE, Access::ReadWriteCreate)?;
         loop {
             // SAFETY: flock only reads its two integer arguments; the fd is owned by `file`,
             // which lives across the call.
@@ -45,7 +39,7 @@ impl RunLock {
     }
 
     /// Whether the lock is held by someone else right now.
-    pub fn is_held(dir: &Path) -> Result<bool> {
+    pub fn is_held(dir: &InstanceDir) -> Result<bool> {
         Ok(Self::try_acquire(dir)?.is_none())
     }
 
@@ -66,9 +60,8 @@ impl RunLock {
 
     /// Adopt a run lock inherited from the parent (see [`RunLock::share_with_child`]); checks
     /// that `fd` is an open descriptor of `dir/run.lock` that holds the lock.
-    pub fn adopt(fd: RawFd, dir: &Path) -> Result<RunLock> {
-        let expected = std::fs::metadata(dir.join(LOCK_FILE))
-            .map_err(|e| InstanceError::io(format!("stat {}", dir.display()), e))?;
+    pub fn adopt(fd: RawFd, dir: &InstanceDir) -> Result<RunLock> {
+        let (dev, ino) = dir.file_identity(LOCK_FILE)?;
         // SAFETY: fstat only writes into the zeroed stat buffer we pass; a bad fd gives EBADF.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: see above; `st` is a valid, writable stat struct.
@@ -77,8 +70,7 @@ impl RunLock {
                 "--lock-fd {fd} is not an open file"
             )));
         }
-        use std::os::unix::fs::MetadataExt;
-        if st.st_ino != expected.ino() || st.st_dev != expected.dev() {
+        if st.st_ino != ino || st.st_dev != dev {
             return Err(InstanceError::Invalid(format!(
                 "--lock-fd {fd} is not the instance's run lock"
             )));
@@ -130,12 +122,20 @@ mod tests {
 
     #[test]
     fn lock_is_exclusive_and_released_on_drop() {
-        let dir = tempfile::tempdir().unwrap();
-        let held = RunLock::try_acquire(dir.path()).unwrap().unwrap();
-        assert!(RunLock::try_acquire(dir.path()).unwrap().is_none());
-        assert!(RunLock::is_held(dir.path()).unwrap());
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("i")).unwrap();
+        let dir = InstanceDir::open_beneath(tmp.path(), std::path::Path::new("i")).unwrap();
+        let held = RunLock::try_acquire(&dir).unwrap().unwrap();
+        assert!(RunLock::try_acquire(&dir).unwrap().is_none());
+        assert!(RunLock::is_held(&dir).unwrap());
         drop(held);
-        assert!(!RunLock::is_held(dir.path()).unwrap());
+        assert!(!RunLock::is_held(&dir).unwrap());
+        // A lock file symlinked elsewhere is refused, and nothing is created there.
+        std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join(LOCK_FILE)).unwrap();
+        assert!(RunLock::try_acquire(&dir).is_err());
+        assert!(!elsewhere.exists());
     }
 
     #[test]

@@ -19,9 +19,11 @@
 //! intact up to the guest's last flush.
 
 pub mod create_image;
+pub mod dir;
 pub mod launch;
 pub mod lifecycle;
 pub mod lock;
+pub mod process;
 pub mod record;
 pub mod state;
 pub mod types;
@@ -54,6 +56,13 @@ pub enum InstanceError {
     /// A user-supplied value is malformed.
     #[error("{0}")]
     Invalid(String),
+    /// A record or the instance's directory points outside that directory (a `..`, an
+    /// absolute path, a symbolic link): refused, nothing touched.
+    #[error("refusing to use the instance's files: {0}")]
+    Outside(String),
+    /// The process a record names is not the one running the instance: not signalled.
+    #[error("{0}")]
+    NotOurProcess(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

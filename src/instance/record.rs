@@ -1,5 +1,6 @@
 //! The instance record kept in the store, and loading it with dead processes noticed.
 
+use super::dir::{check_file_name, InstanceDir};
 use super::lock::{same_process_alive, RunLock};
 use super::state::{InstanceState, ShutdownBehavior};
 use super::{InstanceError, Result};
@@ -15,6 +16,8 @@ pub const KIND: &str = "instances";
 pub const ID_PREFIX: &str = "i-";
 /// Hex digits in an instance id.
 pub const ID_HEX_LEN: usize = 17;
+/// How an overlay's file name ends (`vda.cow`).
+pub const OVERLAY_SUFFIX: &str = ".cow";
 
 /// One volume of an instance: a copy-on-write overlay over a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,7 +29,8 @@ pub struct InstanceVolume {
     pub device_name: String,
     /// The snapshot the volume was created from (its base, never written).
     pub snapshot_id: SnapshotId,
-    /// The overlay's file name in the instance directory.
+    /// The overlay's file name in the instance directory: one plain name ending in
+    /// [`OVERLAY_SUFFIX`] (see [`Instance::check`]).
     pub overlay: String,
     /// Volume size in bytes (the snapshot's).
     pub size_bytes: u64,
@@ -79,8 +83,11 @@ pub struct Instance {
     #[serde(default)]
     pub remove_on_stop: bool,
     pub launch_time: String,
-    /// Where the console goes.
-    pub console_log: PathBuf,
+    /// `--serial-log`: the file the first run's console went to, instead of the instance's
+    /// `console.log`. Shown to the user, never opened again (a record is not trusted with
+    /// paths; see [`super::dir`]).
+    #[serde(default)]
+    pub serial_log: Option<PathBuf>,
     pub volumes: Vec<InstanceVolume>,
     /// The process running it, while it is active.
     #[serde(default)]
@@ -105,8 +112,40 @@ impl Instance {
     }
 
     /// The instance's private directory in the store.
-    pub fn dir(&self, store: &Store) -> Result<PathBuf> {
-        Ok(store.record_data_dir(KIND, &self.instance_id)?)
+    pub fn dir(&self, store: &Store) -> Result<InstanceDir> {
+        InstanceDir::open(store, KIND, &self.instance_id)
+    }
+
+    /// Where the instance's own console log is (`console.log` in its directory), for display.
+    pub fn console_log_path(&self, store: &Store) -> PathBuf {
+        store
+            .layout()
+            .dir(crate::store::layout::RECORDS_DIR)
+            .join(KIND)
+            .join(&self.instance_id)
+            .join(super::launch::CONSOLE_LOG)
+    }
+
+    /// Check what a stored record says before acting on it: the id is an instance id and the
+    /// record's own, and every overlay is a plain file name ending in [`OVERLAY_SUFFIX`] (so
+    /// none can name a file outside the instance's directory, nor its lock or logs).
+    pub fn check(&self, record_id: &str) -> Result<()> {
+        if !looks_like_id(&self.instance_id) || self.instance_id != record_id {
+            return Err(InstanceError::Outside(format!(
+                "record {record_id} names instance {:?}",
+                self.instance_id
+            )));
+        }
+        for v in &self.volumes {
+            if check_file_name(&v.overlay).is_err() || !v.overlay.ends_with(OVERLAY_SUFFIX) {
+                return Err(InstanceError::Outside(format!(
+                    "instance {record_id}: volume {} has overlay {:?}, not a plain file name \
+                     ending in {OVERLAY_SUFFIX} inside the instance's directory",
+                    v.volume_id, v.overlay
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The record to store.
@@ -165,17 +204,33 @@ pub fn looks_like_id(s: &str) -> bool {
 /// Longest instance name (EC2 tag values may have 256 characters; names are shown in tables).
 pub const MAX_NAME_LEN: usize = 128;
 
-/// Check an instance `--name`: 1 to [`MAX_NAME_LEN`] printable characters, not an id.
+/// Whether `s` is shaped like an instance id in any case and length (`i-` and hex digits,
+/// like EC2's 8- and 17-digit ids): such a name would read as an id, and one of exactly
+/// [`looks_like_id`]'s shape could not be reached by name at all.
+pub fn shaped_like_id(s: &str) -> bool {
+    s.get(..ID_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(ID_PREFIX))
+        && s.len() > ID_PREFIX.len()
+        && s[ID_PREFIX.len()..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Check an instance `--name`: 1 to [`MAX_NAME_LEN`] printable characters, not shaped like an
+/// instance id ([`shaped_like_id`]).
 pub fn validate_name(name: &str) -> Result<()> {
+    if shaped_like_id(name) {
+        return Err(InstanceError::Invalid(format!(
+            "invalid instance name {name:?}: it has the shape of an instance id (i- and hex \
+             digits), so it would not be found by name"
+        )));
+    }
     let ok = !name.is_empty()
         && name.chars().count() <= MAX_NAME_LEN
-        && !name.chars().any(|c| c.is_control() || c.is_whitespace())
-        && !looks_like_id(name);
+        && !name.chars().any(|c| c.is_control() || c.is_whitespace());
     if ok {
         Ok(())
     } else {
         Err(InstanceError::Invalid(format!(
-            "invalid instance name {name:?}: 1 to {MAX_NAME_LEN} characters without spaces, not an instance id"
+            "invalid instance name {name:?}: 1 to {MAX_NAME_LEN} characters without spaces"
         )))
     }
 }
@@ -197,6 +252,10 @@ where
             err = Some(InstanceError::NotFound(id.to_string()));
             return Ok(None);
         };
+        if let Err(e) = rec.data.check(&rec.id) {
+            err = Some(e);
+            return Ok(Some(rec));
+        }
         let original = rec.data.clone();
         let mut inst = rec.data;
         if let Err(e) = f(&mut inst) {
@@ -249,14 +308,18 @@ pub fn reconcile(store: &Store, inst: Instance) -> Result<Instance> {
     })
 }
 
-/// An instance by id as stored (no owner check, no liveness check); `None` if absent or
-/// unreadable.
-pub fn get(store: &Store, id: &str) -> Option<Instance> {
+/// A stored record, checked ([`Instance::check`]).
+fn checked(rec: Record<Instance>) -> Result<Instance> {
+    rec.data.check(&rec.id)?;
+    Ok(rec.data)
+}
+
+/// An instance by id as stored (no owner check, no liveness check); `None` if absent.
+pub fn get(store: &Store, id: &str) -> Result<Option<Instance>> {
     store
-        .get_record::<Instance>(KIND, id)
-        .ok()
-        .flatten()
-        .map(|r| r.data)
+        .get_record::<Instance>(KIND, id)?
+        .map(checked)
+        .transpose()
 }
 
 /// One instance the caller owns, with a dead process noticed.
@@ -267,7 +330,7 @@ pub fn load(store: &Store, caller: &AccountId, id: &str) -> Result<Instance> {
         )));
     }
     match store.get_record::<Instance>(KIND, id)? {
-        Some(r) if r.data.owner_id == *caller => reconcile(store, r.data),
+        Some(r) if r.data.owner_id == *caller => reconcile(store, checked(r)?),
         _ => Err(InstanceError::NotFound(id.to_string())),
     }
 }
@@ -277,7 +340,7 @@ pub fn list(store: &Store, caller: &AccountId) -> Result<Vec<Instance>> {
     let mut out = Vec::new();
     for r in store.list_records::<Instance>(KIND)? {
         if r.data.owner_id == *caller {
-            out.push(reconcile(store, r.data)?);
+            out.push(reconcile(store, checked(r)?)?);
         }
     }
     out.sort_by(|a, b| (&a.launch_time, &a.instance_id).cmp(&(&b.launch_time, &b.instance_id)));
@@ -324,6 +387,20 @@ mod tests {
         assert!(validate_name("").is_err());
         assert!(validate_name("a b").is_err());
         assert!(validate_name(&id).is_err());
+        for like_id in [
+            "i-0123456789abcdef0",
+            "i-0123456789ABCDEF0",
+            "I-0123456789abcdef0",
+            "i-1234abcd",
+            "i-0",
+            "i-0123456789abcdef01",
+        ] {
+            let e = validate_name(like_id).unwrap_err().to_string();
+            assert!(e.contains("shape of an instance id"), "{like_id}: {e}");
+        }
+        for fine in ["i-web", "i-", "web-i-0123", "i-0123-db", "ec2-i-1"] {
+            assert!(validate_name(fine).is_ok(), "{fine}");
+        }
         let v = InstanceVolume {
             volume_id: generate_volume_id(),
             device_name: "/dev/vda".into(),

@@ -6,9 +6,10 @@ mod run;
 
 use super::output::{open_store as open, print_json, print_out};
 use super::{exit, GlobalOpts, OutputFormat};
-use crate::instance::{self, lifecycle, record, types, ShutdownBehavior};
+use crate::instance::dir::{Access, InstanceDir};
+use crate::instance::launch::CONSOLE_LOG;
+use crate::instance::{self, lifecycle, record, types, InstanceError, ShutdownBehavior};
 use crate::store::{AccountId, Store};
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use std::io::{Read, Seek, Write};
 use std::path::PathBuf;
@@ -25,11 +26,12 @@ pub enum InstanceCmd {
         #[arg(long, short = 'a')]
         all: bool,
     },
-    /// Stop an instance: Ctrl-Alt-Del to the guest, then stop the VM after a grace period.
+    /// Stop an instance: Ctrl-Alt-Del to the guest, then stop the VM after a grace period of
+    /// 10 s (sooner if the guest shuts down).
     Stop {
         /// Instance id or name.
         instance: String,
-        /// Stop the VM at once, without giving the guest time to shut down.
+        /// Skip the grace period: stop the VM at once (volumes still flushed).
         #[arg(long, short = 'f')]
         force: bool,
     },
@@ -75,7 +77,8 @@ pub struct RunArgs {
     /// Instance type: its vCPUs and memory (see `amivm instance-types`).
     #[arg(long, short = 't', default_value = types::DEFAULT_TYPE, value_name = "TYPE")]
     pub instance_type: String,
-    /// A name for the instance (usable instead of its id).
+    /// A name for the instance (usable instead of its id; not shaped like an id, `i-` and hex
+    /// digits).
     #[arg(long)]
     pub name: Option<String>,
     /// Add to the image's kernel command line.
@@ -93,7 +96,8 @@ pub struct RunArgs {
     /// What a shutdown from inside the guest does.
     #[arg(long, value_enum, default_value_t = ShutdownBehavior::Stop)]
     pub shutdown_behavior: ShutdownBehavior,
-    /// Write the console to this file instead of the instance's own log (appended).
+    /// Write this run's console to this file (appended) instead of the instance's own log;
+    /// `amivm logs` and later `start`s use the instance's log.
     #[arg(long, value_name = "FILE")]
     pub serial_log: Option<PathBuf>,
     /// Run in the background (console to the instance's log) and print the instance id.
@@ -143,6 +147,9 @@ pub struct RunInstanceArgs {
     /// The instance's first boot (a VM that cannot be built terminates it).
     #[arg(long)]
     pub first_launch: bool,
+    /// The console goes to this file (the launch's `--serial-log`).
+    #[arg(long)]
+    pub serial_log: Option<PathBuf>,
 }
 
 /// Run an instance command; returns the process exit code.
@@ -180,7 +187,12 @@ pub fn run(cmd: InstanceCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
                 .filter(|i| all || i.state != instance::InstanceState::Terminated)
                 .collect();
             if json {
-                print_json(&list.iter().map(render::json).collect::<Vec<_>>())?;
+                print_json(
+                    &list
+                        .iter()
+                        .map(|i| render::json(i, &store))
+                        .collect::<Vec<_>>(),
+                )?;
             } else {
                 print_out(&render::ps_table(&list))?;
             }
@@ -189,12 +201,12 @@ pub fn run(cmd: InstanceCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
         InstanceCmd::Stop { instance, force } => {
             let (store, caller) = open(g)?;
             let i = lifecycle::stop(&store, &caller, &instance, force)?;
-            report_state(&i, json)
+            report_state(&i, &store, json)
         }
         InstanceCmd::Terminate { instance, force } => {
             let (store, caller) = open(g)?;
             let i = lifecycle::terminate(&store, &caller, &instance, force)?;
-            report_state(&i, json)
+            report_state(&i, &store, json)
         }
         InstanceCmd::Logs { instance, follow } => {
             let (store, caller) = open(g)?;
@@ -231,9 +243,9 @@ pub fn run(cmd: InstanceCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
     }
 }
 
-fn report_state(i: &instance::Instance, json: bool) -> anyhow::Result<i32> {
+fn report_state(i: &instance::Instance, store: &Store, json: bool) -> anyhow::Result<i32> {
     if json {
-        print_json(&render::json(i))?;
+        print_json(&render::json(i, store))?;
     } else {
         println!("{}  {}", i.instance_id, i.state);
     }
@@ -243,20 +255,35 @@ fn report_state(i: &instance::Instance, json: bool) -> anyhow::Result<i32> {
 /// How often `logs --follow` looks for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
 
+/// The instance's `console.log`, opened only as a regular file inside its directory; `None`
+/// while it does not exist.
+fn open_console_log(dir: &InstanceDir) -> anyhow::Result<Option<std::fs::File>> {
+    match dir.open_file(CONSOLE_LOG, Access::Read) {
+        Ok(f) => Ok(Some(f)),
+        Err(InstanceError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn logs(store: &Store, caller: &AccountId, id: &str, follow: bool) -> anyhow::Result<i32> {
     let inst = record::resolve(store, caller, id)?;
-    let path = &inst.console_log;
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
+    let dir = inst.dir(store)?;
+    let mut file = open_console_log(&dir)?;
+    if let Some(p) = &inst.serial_log {
+        eprintln!(
+            "amivm: the console of {}'s first run went to {} (--serial-log); later runs' follow",
+            inst.instance_id,
+            p.display()
+        );
+    }
     let mut out = std::io::stdout().lock();
     let mut pos = 0u64;
     let mut buf = Vec::new();
     loop {
         if file.is_none() {
-            file = std::fs::File::open(path).ok();
+            file = open_console_log(&dir)?;
         }
         if let Some(f) = file.as_mut() {
             f.seek(std::io::SeekFrom::Start(pos))?;

@@ -2,6 +2,7 @@
 
 use crate::cli::output::table;
 use crate::instance::{Instance, InstanceType};
+use crate::store::Store;
 use serde_json::{json, Value};
 
 pub fn types_table(types: &[InstanceType]) -> String {
@@ -49,7 +50,7 @@ pub fn ps_table(list: &[Instance]) -> String {
 }
 
 /// An instance as `ps --output json` shows it (EC2 DescribeInstances field names).
-pub fn json(i: &Instance) -> Value {
+pub fn json(i: &Instance, store: &Store) -> Value {
     json!({
         "InstanceId": i.instance_id,
         "Name": i.name,
@@ -63,7 +64,8 @@ pub fn json(i: &Instance) -> Value {
         "LaunchTime": i.launch_time,
         "KernelCommandLine": i.kernel_command_line,
         "InstanceInitiatedShutdownBehavior": i.shutdown_behavior,
-        "ConsoleLog": i.console_log,
+        "ConsoleLog": i.console_log_path(store),
+        "SerialLog": i.serial_log,
         "Pid": i.process.map(|p| p.pid),
         "BlockDeviceMappings": i.volumes.iter().map(|v| json!({
             "DeviceName": v.device_name,

@@ -3,6 +3,7 @@
 use super::super::boot::{report_exit, timeout_from};
 use super::super::{exit, GlobalOpts};
 use super::{open, RunArgs, RunInstanceArgs, StartArgs};
+use crate::instance::dir::Access;
 use crate::instance::launch::{self, BootOptions, LaunchRequest, LAUNCH_FAILED};
 use crate::instance::lock::RunLock;
 use crate::instance::{lifecycle, record, types, Instance, InstanceState};
@@ -80,6 +81,11 @@ fn foreground(
         expect,
         console_stdout: true,
         stdin: true,
+        serial_log: if first_launch {
+            inst.serial_log.clone()
+        } else {
+            None
+        },
     };
     let outcome = launch::boot(store, &inst.instance_id, lock, &opts, first_launch)?;
     match outcome.exit {
@@ -126,12 +132,8 @@ fn detach(
     first_launch: bool,
 ) -> anyhow::Result<i32> {
     let dir = inst.dir(store)?;
-    let log_path = dir.join(DETACHED_LOG);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let log_path = dir.path().join(DETACHED_LOG);
+    let log = dir.open_file(DETACHED_LOG, Access::AppendCreate)?;
     let fd = lock.share_with_child()?;
     let exe = std::env::current_exe().context("cannot find the amivm executable")?;
     let mut cmd = Command::new(exe);
@@ -153,6 +155,9 @@ fn detach(
     }
     if first_launch {
         cmd.arg("--first-launch");
+        if let Some(p) = &inst.serial_log {
+            cmd.arg("--serial-log").arg(p);
+        }
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -174,7 +179,7 @@ fn detach(
     let t0 = Instant::now();
     loop {
         let exited = child.try_wait()?;
-        match record::get(store, &inst.instance_id) {
+        match record::get(store, &inst.instance_id)? {
             // `--rm`: it ran, ended and removed itself.
             None => break,
             Some(i) if i.state == InstanceState::Pending => {
@@ -250,6 +255,7 @@ pub fn run_instance(args: RunInstanceArgs, g: &GlobalOpts) -> anyhow::Result<i32
         expect,
         console_stdout: false,
         stdin: false,
+        serial_log: args.serial_log,
     };
     let outcome = launch::boot(&store, &inst.instance_id, lock, &opts, args.first_launch)?;
     match outcome.exit {
