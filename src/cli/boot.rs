@@ -3,6 +3,7 @@
 use super::exit;
 use crate::vmm::boot::{cmdline, BootProtocol};
 use crate::vmm::devices::virtio::BlockConfig;
+use crate::vmm::sandbox::{FsPolicy, SandboxConfig, TestHook};
 use crate::vmm::{BlockDrive, ConsoleConfig, VmConfig, VmExit, Vmm};
 use crate::volume::DriveSpec;
 use anyhow::Context;
@@ -49,6 +50,22 @@ pub struct BootArgs {
     /// Entry protocol: linux (64-bit boot protocol, zero page) or pvh (ELF with a PVH note).
     #[arg(long, value_enum, default_value_t = BootProtocol::Linux)]
     pub boot_protocol: BootProtocol,
+    /// Run without the per-thread seccomp filters (for debugging a denied system call; for
+    /// instances set AMIVM_NO_SECCOMP=1).
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Test-only probes of the sandbox: `vcpu-syscall` or `open:PATH`.
+    #[arg(long, hide = true, value_name = "HOOK", value_parser = parse_test_hook)]
+    pub x_sandbox_test: Option<TestHook>,
+}
+
+/// Parse the hidden `--x-sandbox-test` value.
+fn parse_test_hook(s: &str) -> Result<TestHook, String> {
+    match s.split_once(':') {
+        None if s == "vcpu-syscall" => Ok(TestHook::VcpuSyscall),
+        Some(("open", path)) => Ok(TestHook::Open(path.into())),
+        _ => Err(format!("unknown sandbox test '{s}'")),
+    }
 }
 
 /// Parse `--timeout` seconds.
@@ -127,6 +144,12 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
             expect: None,
         },
         stop_grace: None,
+        // Once the guest runs, every file it needs is open: nothing stays reachable by path.
+        sandbox: SandboxConfig {
+            seccomp: crate::vmm::sandbox::seccomp_wanted(args.no_seccomp),
+            fs: Some(FsPolicy::default()),
+            test_hook: args.x_sandbox_test,
+        },
     };
     let drives = open_drives(&args.drive)?;
     let mut vmm = Vmm::new(config, drives).context("cannot start the VM")?;

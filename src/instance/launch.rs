@@ -15,6 +15,7 @@ use crate::store::manifest::{device_index, now_rfc3339, GIB};
 use crate::store::{AccountId, SnapshotView, Store};
 use crate::vmm::boot::{cmdline, BootProtocol};
 use crate::vmm::devices::virtio::BlockConfig;
+use crate::vmm::sandbox::{FsPolicy, SandboxConfig};
 use crate::vmm::{BlockDrive, ConsoleConfig, VmConfig, VmExit, Vmm};
 use crate::volume::CowOverlay;
 use regex::Regex;
@@ -228,6 +229,16 @@ pub fn vm_config(
             expect: opts.expect.clone(),
         },
         stop_grace: Some(STOP_GRACE),
+        // Once the guest runs, only the store stays reachable by path: the snapshot views open
+        // chunks lazily and the record is committed there when the guest ends.
+        sandbox: SandboxConfig {
+            seccomp: crate::vmm::sandbox::seccomp_wanted(false),
+            fs: Some(FsPolicy {
+                read_only: vec![],
+                read_write: vec![store.dir().to_path_buf()],
+            }),
+            test_hook: None,
+        },
     })
 }
 

@@ -7,6 +7,7 @@ use super::devices::virtio::{
 };
 use super::events::{EventSink, VmEvent};
 use super::layout::{MAX_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
+use super::sandbox::{self, Role, SandboxConfig};
 use super::VmmError;
 use crate::volume::BlockBackend;
 use event_manager::{
@@ -124,7 +125,11 @@ impl DeviceThread {
 
 /// Run the event manager on its own thread. A device that panics (a bug: guest input must never
 /// make one panic) ends the VM with a VMM error instead of leaving the guest without answers.
-pub fn spawn_event_thread(mut events: Events, sink: EventSink) -> std::io::Result<DeviceThread> {
+pub fn spawn_event_thread(
+    mut events: Events,
+    sink: EventSink,
+    sandbox: SandboxConfig,
+) -> std::io::Result<DeviceThread> {
     let stop = Arc::new(AtomicBool::new(false));
     let waker = EventFd::new(libc::EFD_NONBLOCK)?;
     events.add_subscriber(Arc::new(Mutex::new(StopWaker(waker.try_clone()?))));
@@ -132,6 +137,10 @@ pub fn spawn_event_thread(mut events: Events, sink: EventSink) -> std::io::Resul
     let handle = std::thread::Builder::new()
         .name("virtio".into())
         .spawn(move || {
+            if let Err(e) = sandbox::enter_thread(&sandbox, Role::Device) {
+                sink.send(VmEvent::VmmError(e.to_string()));
+                return;
+            }
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 while !flag.load(Ordering::Acquire) {
                     if let Err(e) = events.run_with_timeout(EVENT_LOOP_TIMEOUT_MS) {

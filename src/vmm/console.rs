@@ -3,6 +3,7 @@
 
 use super::devices::serial::SerialDevice;
 use super::events::{EventSink, VmEvent};
+use super::sandbox::{self, Role, SandboxConfig};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
@@ -50,10 +51,18 @@ impl Drop for RawTerminal {
 }
 
 /// Forward stdin to the UART until EOF; `Ctrl-A x` asks the VMM to stop.
-pub fn spawn_stdin_forwarder(serial: Arc<Mutex<SerialDevice>>, events: EventSink) {
+pub fn spawn_stdin_forwarder(
+    serial: Arc<Mutex<SerialDevice>>,
+    events: EventSink,
+    sandbox: SandboxConfig,
+) {
     let _ = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
+            if let Err(e) = sandbox::enter_thread(&sandbox, Role::Console) {
+                events.send(VmEvent::VmmError(e.to_string()));
+                return;
+            }
             let mut stdin = std::io::stdin();
             let mut buf = [0u8; 64];
             let mut escaped = false;

@@ -7,6 +7,7 @@ pub mod devices;
 pub mod events;
 pub mod layout;
 pub mod memory;
+pub mod sandbox;
 pub mod vcpu;
 pub mod vm;
 pub mod x86_64;

@@ -12,6 +12,7 @@ use super::devices::virtio::MmioBlockDevice;
 use super::events::{CrashReason, EventSink, VmEvent};
 use super::layout::{KVM_TSS_ADDRESS, MIN_MEMORY_MIB};
 use super::memory::{create_guest_memory, ram_end};
+use super::sandbox::{self, Role, SandboxConfig};
 use super::vcpu::{create_vcpu, run_vcpu, VcpuContext};
 use super::x86_64::{cpuid, mptable};
 use super::VmmError;
@@ -63,6 +64,8 @@ pub struct VmConfig {
     /// On SIGTERM/SIGINT: send Ctrl-Alt-Del and give the guest this long before stopping it.
     /// `None` stops at once.
     pub stop_grace: Option<Duration>,
+    /// What the process may still do once the guest runs (seccomp, Landlock).
+    pub sandbox: SandboxConfig,
 }
 
 /// How the VM ended.
@@ -341,24 +344,31 @@ impl Vmm {
             register_signal_handler(sig, on_host_stop)
                 .map_err(|e| VmmError::Signal(e.to_string()))?;
         }
+        // Before any VM thread starts: they inherit the Landlock view and no_new_privs.
+        let threads = self.vcpus.len() as u64 + 2;
+        sandbox::enter_process(&self.config.sandbox, threads)
+            .map_err(|e| VmmError::Config(e.to_string()))?;
         let _raw = if self.config.console.stdin {
             RawTerminal::enable()
         } else {
             None
         };
         if _raw.is_some() {
-            spawn_stdin_forwarder(self.serial.clone(), self.events.clone());
+            spawn_stdin_forwarder(
+                self.serial.clone(),
+                self.events.clone(),
+                self.config.sandbox.clone(),
+            );
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let event_thread = match self.device_events.take().filter(|_| self.has_drives) {
             Some(ev) => Some(
-                blockdevs::spawn_event_thread(ev, self.events.clone()).map_err(|source| {
-                    VmmError::Io {
+                blockdevs::spawn_event_thread(ev, self.events.clone(), self.config.sandbox.clone())
+                    .map_err(|source| VmmError::Io {
                         what: "cannot start the device thread".into(),
                         source,
-                    }
-                })?,
+                    })?,
             ),
             None => None,
         };
@@ -370,10 +380,15 @@ impl Vmm {
                 stop: stop.clone(),
                 mem: self.mem.clone(),
             };
+            let sandbox_cfg = self.config.sandbox.clone();
             let h = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
                     let sink = ctx.events.clone();
+                    if let Err(e) = sandbox::enter_thread(&sandbox_cfg, Role::Vcpu) {
+                        sink.send(VmEvent::VmmError(e.to_string()));
+                        return;
+                    }
                     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         run_vcpu(vcpu, id as u32, ctx)
                     }));
@@ -389,7 +404,11 @@ impl Vmm {
                 })?;
             threads.push(h);
         }
-        let exit = self.wait();
+        // The main thread's own filter comes last: a thread inherits its creator's filter.
+        let exit = match sandbox::enter_thread(&self.config.sandbox, Role::Main) {
+            Ok(()) => self.wait(),
+            Err(e) => VmExit::VmmFailed(e.to_string()),
+        };
         stop.store(true, Ordering::Release);
         let t0 = Instant::now();
         while threads.iter().any(|h| !h.is_finished()) && t0.elapsed() < STOP_DEADLINE {
