@@ -13,6 +13,9 @@
 //!   ...        initrd, placed high below the MMIO gap
 //! 0xc000_0000  MMIO gap: virtio-mmio devices from here, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
 //! 0x1_0000_0000 RAM continues above 4 GiB
+//!
+//! I/O ports: 0x60/0x64 i8042, 0xf4 exit port, 0x3f8 COM1 (GSI 4), 0x600-0x603 ACPI sleep
+//! control/status and reset, 0x604-0x607 GED event register (GSI 3).
 //! ```
 
 /// Start of the GDT. Same place as Firecracker (`arch/x86_64/layout.rs`): low memory unused by
