@@ -41,6 +41,12 @@ const WAK_STS: u8 = 1 << 7;
 /// Notify value for a power button press: "Device Check"/status change, 0x80 (5.6.6, table
 /// 5.187 and 4.8.2.2.1.3: the power button device is notified with 0x80).
 const POWER_BUTTON_NOTIFY: u8 = 0x80;
+/// `_HID` of the Generic Event Device (ACPI 6.5, 5.6.9).
+const GED_HID: &str = "ACPI0013";
+/// `_HID` of the control-method power button (ACPI 6.5, 4.8.2.2.1.3, table 5.160).
+const POWER_BUTTON_HID: &str = "PNP0C0C";
+/// Width in bits of the GED event register.
+const GED_REGISTER_BITS: usize = 32;
 /// GED event bit: the power button was pressed.
 pub const GED_EVENT_POWER_BUTTON: u32 = 1 << 0;
 
@@ -174,7 +180,7 @@ pub fn aml() -> Vec<u8> {
         FieldAccessType::DWord,
         FieldLockRule::NoLock,
         FieldUpdateRule::WriteAsZeroes,
-        vec![FieldEntry::Named(*b"GDAT", 32)],
+        vec![FieldEntry::Named(*b"GDAT", GED_REGISTER_BITS)],
     );
     let gdat = Path::new("GDAT");
     let read = Store::new(&Local(0), &gdat);
@@ -187,7 +193,7 @@ pub fn aml() -> Vec<u8> {
     aml::Device::new(
         "GED_".into(),
         vec![
-            &Name::new("_HID".into(), &"ACPI0013"),
+            &Name::new("_HID".into(), &GED_HID),
             &Name::new("_UID".into(), &aml::ZERO),
             &Name::new("_CRS".into(), &crs),
             &region,
@@ -200,7 +206,7 @@ pub fn aml() -> Vec<u8> {
     aml::Device::new(
         "PWRB".into(),
         vec![
-            &Name::new("_HID".into(), &EISAName::new("PNP0C0C")),
+            &Name::new("_HID".into(), &EISAName::new(POWER_BUTTON_HID)),
             &Name::new("_UID".into(), &aml::ZERO),
         ],
     )

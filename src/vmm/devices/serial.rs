@@ -16,6 +16,8 @@ pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_PORT_SPAN: u64 = 8;
 /// COM1's ISA IRQ.
 pub const COM1_GSI: u32 = 4;
+/// `_HID` of a 16550A-compatible serial port (PNP ids, "PNP0501").
+const COM1_HID: &str = "PNP0501";
 /// COM1's `_UID` in the DSDT.
 const COM1_UID: u8 = 0;
 
@@ -31,7 +33,7 @@ pub fn acpi_aml() -> Vec<u8> {
     aml::Device::new(
         "COM1".into(),
         vec![
-            &Name::new("_HID".into(), &EISAName::new("PNP0501")),
+            &Name::new("_HID".into(), &EISAName::new(COM1_HID)),
             &Name::new("_UID".into(), &COM1_UID),
             &Name::new("_CRS".into(), &crs),
         ],
