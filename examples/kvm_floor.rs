@@ -62,6 +62,7 @@ fn main() {
                 signature,
                 features,
             },
+            dsdt: &[],
         },
     )
     .expect("boot setup");

@@ -1,5 +1,8 @@
 //! Debian's stock cloud kernel through its early boot under `amivm boot`: the kernel's own
-//! lines show how it understood our boot protocol (command line, e820 map, CPUs).
+//! lines show how it understood our boot protocol (command line, e820 map, CPUs) and our ACPI
+//! tables. It boots with `--device-discovery acpi` and a drive, as an image of a real OS would
+//! (its virtio-mmio driver is a module without command-line devices): the kernel lists the
+//! RSDP, XSDT, FADT, DSDT and MADT with amivm's OEM id, and gets no `virtio_mmio.device=`.
 //!
 //! The vmlinux comes from `scripts/fetch-debian-kernel.sh` (run by `.ci/run`), found through
 //! `AMIVM_DEBIAN_VMLINUX` or at `.cache/debian-kernel/vmlinux`. On this project's hosts KVM
@@ -39,9 +42,21 @@ fn e820_lines(log: &str) -> Vec<(u64, u64, String)> {
         .collect()
 }
 
+/// The `ACPI: SIG 0x... (vNN OEMID ...)` line the kernel prints for a table, if any.
+fn acpi_table_line<'a>(log: &'a str, sig: &str) -> Option<&'a str> {
+    let needle = format!("ACPI: {sig} 0x");
+    log.lines().find(|l| l.contains(&needle))
+}
+
 #[test]
 fn debian_kernel_reports_our_boot_protocol() {
     let vmlinux = debian_vmlinux();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("disk.raw");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("disk");
+    let drive = format!("path={}", disk.display());
     let marker = format!("amivm_marker={}", std::process::id());
     let cmdline = format!("console=ttyS0 earlyprintk=ttyS0 noxsave reboot=k panic=1 {marker}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_amivm"))
@@ -56,6 +71,10 @@ fn debian_kernel_reports_our_boot_protocol() {
             "240",
             "--cmdline",
             &cmdline,
+            "--device-discovery",
+            "acpi",
+            "--drive",
+            &drive,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -108,6 +127,22 @@ fn debian_kernel_reports_our_boot_protocol() {
         .find(|l| l.contains("Command line:"))
         .unwrap_or_else(|| panic!("no Command line: {ctx}"));
     assert!(cmd_line.contains(&marker), "marker missing: {ctx}");
+    assert!(cmd_line.contains("root=/dev/vda"), "root device: {ctx}");
+    assert!(
+        !cmd_line.contains("virtio_mmio.device"),
+        "ACPI discovery must not add device arguments: {ctx}"
+    );
+    // The kernel lists every table it found, with amivm's OEM id: the RSDP at the address the
+    // zero page gives, then the XSDT and what it points at.
+    let rsdp = acpi_table_line(&log, "RSDP").unwrap_or_else(|| panic!("no ACPI: RSDP: {ctx}"));
+    assert!(
+        rsdp.contains("0x00000000000E0000") && rsdp.contains("AMIVM"),
+        "RSDP: {ctx}"
+    );
+    for sig in ["XSDT", "FACP", "DSDT", "APIC"] {
+        let line = acpi_table_line(&log, sig).unwrap_or_else(|| panic!("no ACPI: {sig}: {ctx}"));
+        assert!(line.contains("AMIVM  MICROVM"), "{sig} OEM ids: {ctx}");
+    }
 
     let map = e820_lines(&log);
     assert!(!map.is_empty(), "no BIOS-e820 lines: {ctx}");

@@ -59,6 +59,7 @@ fn setup() -> (Env, Store, AccountId, amivm::store::Image, Vec<u8>) {
         root_size: None,
         volumes: vec![],
         tags: BTreeMap::new(),
+        device_discovery: Default::default(),
     };
     let image = store.create_image(&req, &NoProgress).unwrap();
     let bytes = std::fs::read(&disk).unwrap();

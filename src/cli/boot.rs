@@ -3,8 +3,10 @@
 use super::exit;
 use crate::vmm::boot::{cmdline, BootProtocol};
 use crate::vmm::devices::virtio::BlockConfig;
+use crate::vmm::platform::Board;
 use crate::vmm::sandbox::{FsPolicy, SandboxConfig, TestHook};
-use crate::vmm::{BlockDrive, ConsoleConfig, VmConfig, VmExit, Vmm};
+use crate::vmm::x86_64::mptable::MAX_CPUS;
+use crate::vmm::{BlockDrive, ConsoleConfig, DeviceDiscovery, VmConfig, VmExit, Vmm};
 use crate::volume::DriveSpec;
 use anyhow::Context;
 use std::path::PathBuf;
@@ -14,8 +16,8 @@ use std::time::Duration;
 #[command(after_help = exit::EXIT_CODE_HELP)]
 pub struct BootArgs {
     /// Kernel to boot: an ELF vmlinux (64-bit Linux boot protocol, or PVH) or a bzImage.
-    #[arg(long, value_name = "FILE")]
-    pub kernel: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "dump_acpi")]
+    pub kernel: Option<PathBuf>,
     /// Initial ramdisk, placed high in memory below 3 GiB.
     #[arg(long, value_name = "FILE")]
     pub initrd: Option<PathBuf>,
@@ -50,6 +52,18 @@ pub struct BootArgs {
     /// Entry protocol: linux (64-bit boot protocol, zero page) or pvh (ELF with a PVH note).
     #[arg(long, value_enum, default_value_t = BootProtocol::Linux)]
     pub boot_protocol: BootProtocol,
+    /// How the kernel finds the virtio disks: cmdline (virtio_mmio.device= arguments, for
+    /// kernels without ACPI) or acpi (DSDT entries, no arguments: Debian's cloud kernel).
+    #[arg(long, value_enum, default_value_t = DeviceDiscovery::Cmdline)]
+    pub device_discovery: DeviceDiscovery,
+    /// On SIGTERM or SIGINT, ask the guest to shut down (the ACPI power button with
+    /// --device-discovery acpi, else Ctrl-Alt-Del) and stop the VM only if it is still running
+    /// SECS later (a second signal stops it at once). Default: stop at once.
+    #[arg(long, value_name = "SECS")]
+    pub stop_grace: Option<f64>,
+    /// Write the ACPI tables this VM would get to DIR/<SIGNATURE>.dat and exit (for tests).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub dump_acpi: Option<PathBuf>,
     /// Run without the per-thread seccomp filters (for debugging a denied system call; for
     /// instances set AMIVM_NO_SECCOMP=1).
     #[arg(long)]
@@ -127,10 +141,30 @@ pub fn open_drives(specs: &[DriveSpec]) -> anyhow::Result<Vec<BlockDrive>> {
         .collect()
 }
 
+/// `--dump-acpi DIR`: the tables for the VM the other arguments describe, one file each.
+fn dump_acpi(args: &BootArgs, dir: &std::path::Path) -> anyhow::Result<i32> {
+    if args.vcpus == 0 || args.vcpus > MAX_CPUS {
+        anyhow::bail!("--vcpus {} is out of range: 1 to {MAX_CPUS}", args.vcpus);
+    }
+    let tables = Board::new(args.drive.len(), args.device_discovery)?.acpi_tables(args.vcpus)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (name, bytes) in tables.tables() {
+        let path = dir.join(format!("{name}.dat"));
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(exit::GUEST_STOPPED)
+}
+
 pub fn run(args: BootArgs) -> anyhow::Result<i32> {
+    if let Some(dir) = &args.dump_acpi {
+        return dump_acpi(&args, dir);
+    }
+    let Some(kernel) = args.kernel else {
+        anyhow::bail!("--kernel is required");
+    };
     let cmdline = cmdline::compose(args.cmdline.as_deref(), args.append.as_deref(), &[]);
     let config = VmConfig {
-        kernel: args.kernel,
+        kernel,
         initrd: args.initrd,
         cmdline,
         protocol: args.boot_protocol,
@@ -143,13 +177,18 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
             stdin: true,
             expect: None,
         },
-        stop_grace: None,
         // Once the guest runs, every file it needs is open: nothing stays reachable by path.
         sandbox: SandboxConfig {
             seccomp: crate::vmm::sandbox::seccomp_wanted(args.no_seccomp),
             fs: Some(FsPolicy::default()),
             test_hook: args.x_sandbox_test,
         },
+        stop_grace: match args.stop_grace {
+            Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+            Some(s) => anyhow::bail!("--stop-grace {s} must be a number of seconds (0 or more)"),
+            None => None,
+        },
+        discovery: args.device_discovery,
     };
     let drives = open_drives(&args.drive)?;
     let mut vmm = Vmm::new(config, drives).context("cannot start the VM")?;

@@ -1,7 +1,7 @@
 //! Process exit codes, shared by `amivm boot` and `amivm run` and documented in `--help` and
 //! the README.
 
-/// The guest asked to stop: i8042 reset, or the exit port with value 0.
+/// The guest asked to stop: ACPI power-off, i8042 or ACPI reset, or the exit port with value 0.
 pub const GUEST_STOPPED: i32 = 0;
 /// `--timeout` expired and the VM was stopped (the same code as coreutils `timeout`).
 pub const TIMEOUT: i32 = 124;
@@ -17,8 +17,8 @@ pub const HOST_STOPPED: i32 = 130;
 /// The exit-code table printed after `--help`.
 pub const EXIT_CODE_HELP: &str = "\
 Exit codes:
-  0    the guest asked to stop (i8042 reset, or exit port 0xf4 written with 0),
-       or the console matched --expect (amivm run)
+  0    the guest asked to stop (ACPI power-off, i8042 or ACPI reset, or exit port
+       0xf4 written with 0), or the console matched --expect (amivm run)
   N    the guest wrote N (1-255) to the exit port, I/O port 0xf4
   124  --timeout expired; the VM was stopped
   125  amivm itself failed (bad argument, unreadable file, KVM or store error)

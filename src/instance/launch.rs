@@ -11,12 +11,12 @@ use super::record::{self, generate_id, generate_volume_id, Instance, InstanceVol
 use super::state::{InstanceState, ShutdownBehavior};
 use super::types::InstanceType;
 use super::{InstanceError, Result};
-use crate::store::manifest::{device_index, now_rfc3339, GIB};
+use crate::store::manifest::{device_index, now_rfc3339, DeviceDiscovery as ImageDiscovery, GIB};
 use crate::store::{AccountId, SnapshotView, Store};
 use crate::vmm::boot::{cmdline, BootProtocol};
 use crate::vmm::devices::virtio::BlockConfig;
 use crate::vmm::sandbox::{FsPolicy, SandboxConfig};
-use crate::vmm::{BlockDrive, ConsoleConfig, VmConfig, VmExit, Vmm};
+use crate::vmm::{BlockDrive, ConsoleConfig, DeviceDiscovery, VmConfig, VmExit, Vmm};
 use crate::volume::CowOverlay;
 use regex::Regex;
 use std::path::PathBuf;
@@ -239,6 +239,10 @@ pub fn vm_config(
             }),
             test_hook: None,
         },
+        discovery: match inst.image.device_discovery {
+            ImageDiscovery::Acpi => DeviceDiscovery::Acpi,
+            ImageDiscovery::Cmdline => DeviceDiscovery::Cmdline,
+        },
     })
 }
 
@@ -333,7 +337,7 @@ pub fn state_after(
 /// The state reason for how a run ended.
 pub fn exit_reason(exit: &std::result::Result<VmExit, InstanceError>) -> String {
     match exit {
-        Ok(VmExit::Stopped) => "guest shut down (reset or exit port 0)".into(),
+        Ok(VmExit::Stopped) => "guest shut down (power-off, reset or exit port 0)".into(),
         Ok(VmExit::ExitCode(n)) => format!("guest exited with status {n} through the exit port"),
         Ok(VmExit::Timeout) => "--timeout expired".into(),
         Ok(VmExit::Crashed(c)) => format!("guest crashed: {c}"),

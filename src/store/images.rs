@@ -41,6 +41,8 @@ pub struct CreateImageRequest {
     /// Further disks, `/dev/vdb` onwards.
     pub volumes: Vec<VolumeSpec>,
     pub tags: BTreeMap<String, String>,
+    /// How the kernel finds its devices (recorded in the manifest).
+    pub device_discovery: manifest::DeviceDiscovery,
 }
 
 /// What `deregister_image` did with the image's snapshots.
@@ -220,6 +222,7 @@ impl Store {
             source_image_id: None,
             os_name: os.name,
             os_version: os.version,
+            device_discovery: req.device_discovery,
         };
         txn.put_image(&image)?;
         let (chunks, bytes) = txn.new_chunks();

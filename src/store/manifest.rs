@@ -86,6 +86,27 @@ impl KernelFormat {
     }
 }
 
+/// How the image's kernel finds its virtio-mmio devices (the VMM's `--device-discovery`).
+/// Manifests written before this field existed mean `cmdline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceDiscovery {
+    /// `virtio_mmio.device=` kernel arguments (micro-VM kernels without ACPI).
+    #[default]
+    Cmdline,
+    /// ACPI DSDT entries (kernels like Debian's cloud kernel).
+    Acpi,
+}
+
+impl DeviceDiscovery {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeviceDiscovery::Cmdline => "cmdline",
+            DeviceDiscovery::Acpi => "acpi",
+        }
+    }
+}
+
 /// A kernel or initrd, stored as a content-addressed blob.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -162,6 +183,9 @@ pub struct Image {
     /// `VERSION_ID` (else `VERSION`) from `/etc/os-release`.
     #[serde(default)]
     pub os_version: Option<String>,
+    /// How the kernel finds its devices.
+    #[serde(default)]
+    pub device_discovery: DeviceDiscovery,
 }
 
 impl Image {

@@ -1,12 +1,13 @@
-//! Attaching virtio-blk devices: one MMIO window and one GSI each, the queue worker on the
-//! VMM's event thread, and the kernel arguments that tell Linux where they are.
+//! Attaching virtio-blk devices: one MMIO window and one GSI each (`platform::virtio_slot`),
+//! the queue worker on the VMM's event thread. How Linux learns where they are (kernel
+//! arguments or ACPI) is `platform::Board`'s business.
 
 use super::devices::bus::{Bus, SharedDevice};
 use super::devices::virtio::{
-    cmdline_fragment, new_block, BlockConfig, MmioBlockDevice, MMIO_WINDOW_SIZE, NOTIFY_OFFSET,
+    new_block, BlockConfig, MmioBlockDevice, MMIO_WINDOW_SIZE, NOTIFY_OFFSET,
 };
 use super::events::{EventSink, VmEvent};
-use super::layout::{MAX_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
+use super::platform::{virtio_slot, MAX_VIRTIO_DEVICES};
 use super::sandbox::{self, Role, SandboxConfig};
 use super::VmmError;
 use crate::volume::BlockBackend;
@@ -28,26 +29,20 @@ pub struct BlockDrive {
     pub config: BlockConfig,
 }
 
-/// What [`attach`] produced: the kernel arguments to append and the devices, for the final flush.
-pub struct Attached {
-    pub fragments: Vec<String>,
-    pub devices: Vec<Arc<Mutex<MmioBlockDevice>>>,
-}
-
 /// The event manager type the VMM runs on its event thread.
 pub type Events = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
-/// Attach `drives` to the MMIO bus and KVM; returns the kernel arguments to append.
+/// Attach `drives` to the MMIO bus and KVM, drive `i` at `platform::virtio_slot(i)`; returns
+/// the devices, for the final flush.
 pub fn attach(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     mmio: &mut Bus,
     events: &mut Events,
     drives: Vec<BlockDrive>,
-) -> Result<Attached, VmmError> {
-    let mut fragments = Vec::new();
+) -> Result<Vec<Arc<Mutex<MmioBlockDevice>>>, VmmError> {
     let mut devices = Vec::new();
-    let max = (MAX_GSI - VIRTIO_FIRST_GSI + 1) as usize;
+    let max = MAX_VIRTIO_DEVICES;
     if drives.len() > max {
         return Err(VmmError::Config(format!(
             "{} drives given; at most {max} are supported",
@@ -60,8 +55,7 @@ pub fn attach(
             name: name.clone(),
             why,
         };
-        let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
-        let gsi = VIRTIO_FIRST_GSI + i as u32;
+        let (base, gsi) = virtio_slot(i);
         let h = new_block(mem.clone(), drive.backend, drive.config)
             .map_err(|e| dev_err(e.to_string()))?;
         vm.register_ioevent(
@@ -74,10 +68,9 @@ pub fn attach(
             .map_err(|e| dev_err(format!("KVM_IRQFD: {e}")))?;
         events.add_subscriber(h.worker);
         mmio.insert(h.bus_device.clone() as SharedDevice, base, MMIO_WINDOW_SIZE)?;
-        fragments.push(cmdline_fragment(base, gsi));
         devices.push(h.bus_device);
     }
-    Ok(Attached { fragments, devices })
+    Ok(devices)
 }
 
 /// Flush every device's backend: called once the guest has ended, so that what it wrote is

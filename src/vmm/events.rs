@@ -62,8 +62,11 @@ impl std::fmt::Display for CrashReason {
 /// An event that ends the VM (the first one wins).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmEvent {
-    /// The guest reset the machine (i8042 0xFE, or KVM_SYSTEM_EVENT_RESET/SHUTDOWN).
+    /// The guest reset the machine (i8042 0xFE, the ACPI reset register, or
+    /// KVM_SYSTEM_EVENT_RESET/SHUTDOWN).
     Reset,
+    /// The guest powered the machine off (ACPI S5 through the sleep control register).
+    PowerOff,
     /// The guest wrote a byte to the exit port.
     ExitPort(u8),
     /// The guest crashed.

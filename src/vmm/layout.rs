@@ -13,6 +13,9 @@
 //!   ...        initrd, placed high below the MMIO gap
 //! 0xc000_0000  MMIO gap: virtio-mmio devices from here, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000
 //! 0x1_0000_0000 RAM continues above 4 GiB
+//!
+//! I/O ports: 0x60/0x64 i8042, 0xf4 exit port, 0x3f8 COM1 (GSI 4), 0x600-0x603 ACPI sleep
+//! control/status and reset, 0x604-0x607 GED event register (GSI 3).
 //! ```
 
 /// Start of the GDT. Same place as Firecracker (`arch/x86_64/layout.rs`): low memory unused by
@@ -79,6 +82,27 @@ pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 /// KVM_SET_TSS_ADDRESS: three pages KVM needs on Intel, placed at the top of the gap below the
 /// BIOS area like QEMU and Firecracker (0xfffb_d000).
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+
+/// The ACPI power-management ports (sleep control, sleep status, reset), from this I/O port up.
+/// The FADT's SLEEP_CONTROL_REG, SLEEP_STATUS_REG and RESET_REG point here. 0x600 is the
+/// PMBASE QEMU gives its ICH9 (q35) power-management block; nothing else on our board uses it.
+pub const ACPI_PM_PORT: u64 = 0x600;
+/// Offset of the sleep control register (ACPI 6.5, 4.8.3.7: SLP_TYP in bits 2-4, SLP_EN bit 5).
+pub const ACPI_SLEEP_CONTROL_OFFSET: u64 = 0;
+/// Offset of the sleep status register (ACPI 6.5, 4.8.3.8: WAK_STS bit 7).
+pub const ACPI_SLEEP_STATUS_OFFSET: u64 = 1;
+/// Offset of the reset register (ACPI 6.5, 4.8.3.6).
+pub const ACPI_RESET_OFFSET: u64 = 2;
+/// Ports the power-management block spans.
+pub const ACPI_PM_PORT_SPAN: u64 = 4;
+/// The Generic Event Device's event register: a 32-bit I/O register (ports 0x604-0x607) whose
+/// bits say which event fired; reading it clears them. Right after the power-management block.
+pub const GED_PORT: u64 = ACPI_PM_PORT + ACPI_PM_PORT_SPAN;
+/// Ports the GED register spans (one DWord).
+pub const GED_PORT_SPAN: u64 = 4;
+/// The GED's interrupt: ISA IRQ 3, COM2's on a PC, free here (COM1 is 4, the keyboard 1, and
+/// virtio-mmio devices take 5 and up).
+pub const GED_GSI: u32 = 3;
 
 /// Smallest guest memory we accept: 16 MiB.
 pub const MIN_MEMORY_MIB: u64 = 16;

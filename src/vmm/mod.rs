@@ -7,12 +7,14 @@ pub mod devices;
 pub mod events;
 pub mod layout;
 pub mod memory;
+pub mod platform;
 pub mod sandbox;
 pub mod vcpu;
 pub mod vm;
 pub mod x86_64;
 
 pub use blockdevs::BlockDrive;
+pub use platform::DeviceDiscovery;
 pub use vm::{ConsoleConfig, VmConfig, VmExit, Vmm};
 
 /// Errors building or running a VM.
@@ -42,6 +44,8 @@ pub enum VmmError {
     Memory(#[from] memory::MemoryError),
     #[error(transparent)]
     Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Acpi(#[from] x86_64::acpi::AcpiError),
     #[error(transparent)]
     Vcpu(#[from] vcpu::VcpuError),
     #[error(transparent)]

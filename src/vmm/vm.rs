@@ -4,14 +4,19 @@
 use super::blockdevs::{self, BlockDrive, Events};
 use super::boot::{self, cmdline, BootProtocol};
 use super::console::{spawn_stdin_forwarder, RawTerminal};
+use super::devices::acpi::{Ged, PowerManagement};
 use super::devices::bus::{Bus, SharedDevice};
 use super::devices::exit_port::{ExitPort, EXIT_PORT, EXIT_PORT_SIZE};
 use super::devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_SPAN};
 use super::devices::serial::{ConsoleSink, SerialDevice, COM1_GSI, COM1_PORT, COM1_PORT_SPAN};
 use super::devices::virtio::MmioBlockDevice;
 use super::events::{CrashReason, EventSink, VmEvent};
-use super::layout::{KVM_TSS_ADDRESS, MIN_MEMORY_MIB};
+use super::layout::{
+    ACPI_PM_PORT, ACPI_PM_PORT_SPAN, GED_GSI, GED_PORT, GED_PORT_SPAN, KVM_TSS_ADDRESS,
+    MIN_MEMORY_MIB,
+};
 use super::memory::{create_guest_memory, ram_end};
+use super::platform::{Board, DeviceDiscovery};
 use super::sandbox::{self, Role, SandboxConfig};
 use super::vcpu::{create_vcpu, run_vcpu, VcpuContext};
 use super::x86_64::{cpuid, mptable};
@@ -61,17 +66,20 @@ pub struct VmConfig {
     pub mem_mib: u64,
     pub timeout: Option<Duration>,
     pub console: ConsoleConfig,
-    /// On SIGTERM/SIGINT: send Ctrl-Alt-Del and give the guest this long before stopping it.
-    /// `None` stops at once.
+    /// On SIGTERM/SIGINT: ask the guest to shut down (the ACPI power button with `acpi`
+    /// discovery, else Ctrl-Alt-Del) and give it this long before stopping it. `None` stops
+    /// at once.
     pub stop_grace: Option<Duration>,
     /// What the process may still do once the guest runs (seccomp, Landlock).
     pub sandbox: SandboxConfig,
+    /// How the kernel learns about the devices (and how the host asks it to shut down).
+    pub discovery: DeviceDiscovery,
 }
 
 /// How the VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {
-    /// Reset or exit port 0.
+    /// Power-off (ACPI S5), reset, or exit port 0.
     Stopped,
     /// Exit port with a non-zero value.
     ExitCode(u8),
@@ -132,6 +140,7 @@ pub struct Vmm {
     rx: Receiver<VmEvent>,
     serial: Arc<Mutex<SerialDevice>>,
     i8042: Arc<Mutex<I8042>>,
+    ged: Arc<Mutex<Ged>>,
     device_events: Option<Events>,
     has_drives: bool,
     block_devices: Vec<Arc<Mutex<MmioBlockDevice>>>,
@@ -214,7 +223,8 @@ impl Vmm {
             unsafe { vm.set_user_memory_region(r) }.map_err(kerr("KVM_SET_USER_MEMORY_REGION"))?;
         }
 
-        // Block devices, and the kernel arguments that announce them.
+        // Block devices; the board says how the kernel learns of every device.
+        let board = Board::new(drives.len(), config.discovery)?;
         let mut mmio = Bus::new();
         let mut device_events = Events::new().map_err(|e| VmmError::Device {
             name: "event manager".into(),
@@ -224,9 +234,8 @@ impl Vmm {
         let root_ro = drives
             .first()
             .map(|d| d.config.read_only || d.backend.read_only());
-        let attached = blockdevs::attach(&vm, &mem, &mut mmio, &mut device_events, drives)?;
-        let block_devices = attached.devices;
-        let mut fragments = attached.fragments;
+        let block_devices = blockdevs::attach(&vm, &mem, &mut mmio, &mut device_events, drives)?;
+        let mut fragments = board.cmdline_fragments();
         if let Some(ro) = root_ro {
             if !cmdline::has_param(&config.cmdline, "root") {
                 fragments.insert(0, format!("root=/dev/vda {}", if ro { "ro" } else { "rw" }));
@@ -235,6 +244,7 @@ impl Vmm {
         config.cmdline = cmdline::compose(Some(&config.cmdline), None, &fragments);
 
         let (sig, features) = cpuid::signature_and_features(&supported);
+        let dsdt = board.dsdt_body();
         let boot = boot::setup(
             &mem,
             &boot::BootInputs {
@@ -248,6 +258,7 @@ impl Vmm {
                     signature: sig,
                     features,
                 },
+                dsdt: &dsdt,
             },
         )?;
 
@@ -295,6 +306,16 @@ impl Vmm {
             EXIT_PORT,
             EXIT_PORT_SIZE,
         )?;
+        pio.insert(
+            Arc::new(Mutex::new(PowerManagement::new(events.clone()))),
+            ACPI_PM_PORT,
+            ACPI_PM_PORT_SPAN,
+        )?;
+        let ged_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+        vm.register_irqfd(&ged_irq, GED_GSI)
+            .map_err(kerr("KVM_IRQFD (GED)"))?;
+        let ged = Arc::new(Mutex::new(Ged::new(Some(ged_irq))));
+        pio.insert(ged.clone() as SharedDevice, GED_PORT, GED_PORT_SPAN)?;
 
         let opts = cpuid::CpuidOptions {
             hide_emulator_gaps: !host_has_hardware_virt(),
@@ -313,6 +334,7 @@ impl Vmm {
             rx,
             serial,
             i8042,
+            ged,
             device_events: Some(device_events),
             has_drives,
             block_devices,
@@ -448,6 +470,23 @@ impl Vmm {
         Ok(exit)
     }
 
+    /// The host's stop request: the ACPI power button for guests that discover devices
+    /// through ACPI, Ctrl-Alt-Del on the i8042 for the others.
+    fn ask_guest_to_shut_down(&self) {
+        match self.config.discovery {
+            DeviceDiscovery::Acpi => self
+                .ged
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .press_power_button(),
+            DeviceDiscovery::Cmdline => self
+                .i8042
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .ctrl_alt_del(),
+        }
+    }
+
     fn wait(&self) -> VmExit {
         let deadline = self.config.timeout.map(|t| Instant::now() + t);
         let mut grace_until: Option<Instant> = None;
@@ -462,10 +501,7 @@ impl Vmm {
             if HOST_STOP.swap(false, Ordering::SeqCst) {
                 match (self.config.stop_grace, grace_until) {
                     (Some(g), None) => {
-                        self.i8042
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .ctrl_alt_del();
+                        self.ask_guest_to_shut_down();
                         grace_until = Some(now + g);
                     }
                     _ => return VmExit::UserStop,
@@ -477,7 +513,7 @@ impl Vmm {
             match self.rx.recv_timeout(slice) {
                 Ok(ev) => {
                     return match ev {
-                        VmEvent::Reset => VmExit::Stopped,
+                        VmEvent::Reset | VmEvent::PowerOff => VmExit::Stopped,
                         VmEvent::ExitPort(0) => VmExit::Stopped,
                         VmEvent::ExitPort(n) => VmExit::ExitCode(n),
                         VmEvent::Crash(c) => VmExit::Crashed(c),

@@ -11,6 +11,7 @@ struct boot_info boot;
 #define MAPPED_LIMIT 0x100000000UL
 
 /* struct boot_params offsets (Linux Documentation/arch/x86/zero-page.rst and boot.rst). */
+#define BP_ACPI_RSDP_ADDR 0x070
 #define BP_EXT_RAMDISK_IMAGE 0x0c0
 #define BP_EXT_RAMDISK_SIZE 0x0c4
 #define BP_EXT_CMD_LINE_PTR 0x0c8
@@ -35,6 +36,7 @@ struct boot_info boot;
 #define SI_NR_MODULES 12
 #define SI_MODLIST_PADDR 16
 #define SI_CMDLINE_PADDR 24
+#define SI_RSDP_PADDR 32
 #define SI_MEMMAP_PADDR 40
 #define SI_MEMMAP_ENTRIES 48
 /* XEN_HVM_START_MAGIC_VALUE. */
@@ -107,6 +109,7 @@ static void read_zero_page(uptr bp)
 	}
 	boot.initrd_base = (u64)rd32(bp + BP_HDR_RAMDISK_IMAGE) | (u64)rd32(bp + BP_EXT_RAMDISK_IMAGE) << 32;
 	boot.initrd_size = (u64)rd32(bp + BP_HDR_RAMDISK_SIZE) | (u64)rd32(bp + BP_EXT_RAMDISK_SIZE) << 32;
+	boot.rsdp = rd64(bp + BP_ACPI_RSDP_ADDR);
 }
 
 static void read_start_info(uptr si)
@@ -122,6 +125,7 @@ static void read_start_info(uptr si)
 		return;
 	}
 	copy_cmdline(rd64(si + SI_CMDLINE_PADDR));
+	boot.rsdp = rd64(si + SI_RSDP_PADDR);
 	if (boot.version >= 1) {
 		u64 map = rd64(si + SI_MEMMAP_PADDR);
 		u32 n = rd32(si + SI_MEMMAP_ENTRIES);

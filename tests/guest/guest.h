@@ -50,6 +50,8 @@ struct boot_info {
 	struct mem_entry mem[MEM_MAX];
 	u64 initrd_base;
 	u64 initrd_size;
+	/* The ACPI RSDP the loader named (boot_params.acpi_rsdp_addr, start_info.rsdp_paddr); 0: none. */
+	u64 rsdp;
 };
 
 extern struct boot_info boot;
@@ -60,6 +62,12 @@ static inline u8 inb(u16 port)
 {
 	u8 v;
 	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+static inline u32 inl(u16 port)
+{
+	u32 v;
+	__asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
 	return v;
 }
 static inline u32 mmio_read32(uptr addr) { return *(volatile u32 *)addr; }
@@ -130,6 +138,15 @@ void report_boot_info(void);
 void report_cpuid(void);
 void report_mptable(void);
 void start_aps(void);
+
+/* acpi.c: walking the ACPI tables like a kernel; ACPI power-off and the GED power button. */
+void report_acpi(void);
+/* Writes SLP_TYP(S5) | SLP_EN to the FADT's sleep control register; returns if nothing happened. */
+void acpi_poweroff(void);
+/* Writes the FADT's RESET_VALUE to its RESET_REG; returns if nothing happened. */
+void acpi_reset(void);
+/* Polls the GED's event register until an event is latched, and reports it. */
+void acpi_wait_ged_event(void);
 
 /* blk.c: the virtio-mmio block driver, run for the command line's blk= words. */
 void run_blk_commands(void);

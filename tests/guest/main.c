@@ -107,6 +107,17 @@ __attribute__((noreturn)) static void leave(u64 tsc_start)
 		fact_str("exit", "int3");
 		load_empty_idt();
 		__asm__ volatile("jmp guest_int3");
+	} else if (action && (value_is(action, len, "poweroff") || value_is(action, len, "ged"))) {
+		if (value_is(action, len, "ged"))
+			acpi_wait_ged_event();
+		else
+			report_acpi();
+		fact_str("exit", "poweroff");
+		acpi_poweroff();
+	} else if (action && value_is(action, len, "acpi-reset")) {
+		report_acpi();
+		fact_str("exit", "acpi-reset");
+		acpi_reset();
 	} else if (action && value_is(action, len, "panic")) {
 		fact_str("exit", "panic");
 		put_str(PANIC_LINE);
@@ -129,5 +140,8 @@ void guest_main(int kind, uptr info)
 	report_mptable();
 	start_aps();
 	run_blk_commands();
+	uptr alen = 0;
+	if (cmdline_value("acpi", &alen))
+		report_acpi();
 	leave(tsc_start);
 }

@@ -11,8 +11,10 @@ mod render;
 use super::output::{open_store as open, print_json};
 use super::{GlobalOpts, OutputFormat};
 use crate::store::images::DeregisterReport;
+use crate::store::manifest::DeviceDiscovery as ImageDiscovery;
 use crate::store::manifest::{parse_tag, GIB};
 use crate::store::{AccountId, CreateImageRequest, ImageFilter, ImageId, OwnerFilter, VolumeSpec};
+use crate::vmm::DeviceDiscovery;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use progress::Bar;
@@ -109,6 +111,12 @@ pub struct CreateArgs {
     /// Tag (repeatable).
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     tags: Vec<String>,
+    /// How the kernel finds its virtio disks, recorded in the image and used by every
+    /// instance: cmdline (virtio_mmio.device= arguments, micro-VM kernels) or acpi (DSDT
+    /// entries, kernels like Debian's cloud kernel; `amivm stop` then presses the ACPI power
+    /// button instead of sending Ctrl-Alt-Del).
+    #[arg(long, value_enum, default_value_t = DeviceDiscovery::Cmdline)]
+    device_discovery: DeviceDiscovery,
 }
 
 #[derive(Debug, Args)]
@@ -215,6 +223,10 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
                 root_size: a.size.as_deref().map(parse_size).transpose()?,
                 volumes,
                 tags: parse_tags(&a.tags)?,
+                device_discovery: match a.device_discovery {
+                    DeviceDiscovery::Cmdline => ImageDiscovery::Cmdline,
+                    DeviceDiscovery::Acpi => ImageDiscovery::Acpi,
+                },
             };
             let img = store.create_image(&req, &Bar::stderr())?;
             if json {

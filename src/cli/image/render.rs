@@ -130,6 +130,7 @@ pub fn image_details(
             .unwrap_or_else(|| "-".into()),
     );
     kv("KernelCommandLine", img.kernel_command_line.clone());
+    kv("DeviceDiscovery", img.device_discovery.as_str().to_string());
     kv("OS", os(img));
     kv(
         "SourceImageId",

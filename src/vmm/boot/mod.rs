@@ -68,6 +68,8 @@ pub struct BootInputs<'a> {
     pub vcpus: u32,
     pub mem_bytes: u64,
     pub cpu_signature: mptable::CpuSignature,
+    /// The DSDT's definition block (the devices' AML, `platform::Board::dsdt_body`).
+    pub dsdt: &'a [u8],
 }
 
 /// What the boot path produced.
@@ -140,8 +142,8 @@ pub fn setup(mem: &GuestMemoryMmap, inp: &BootInputs) -> Result<BootSetup, BootE
     let mp = mptable::build(inp.vcpus, inp.cpu_signature)?;
     write_bytes(mem, "MP table", &mp.bytes, mp.start)?;
     let map = e820::build_e820(&ram_ranges(inp.mem_bytes), mp.start);
-    // ACPI tables, for kernels that only read the MADT.
-    let tables = acpi::build(inp.vcpus)?;
+    // ACPI tables: CPUs for kernels that only read the MADT, devices for ACPI kernels.
+    let tables = acpi::build(inp.vcpus, inp.dsdt)?;
     write_bytes(mem, "ACPI tables", &tables.bytes, tables.rsdp_addr)?;
 
     // GDT and identity page tables (used by the 64-bit entry; harmless for PVH).

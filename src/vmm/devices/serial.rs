@@ -16,6 +16,32 @@ pub const COM1_PORT: u64 = 0x3f8;
 pub const COM1_PORT_SPAN: u64 = 8;
 /// COM1's ISA IRQ.
 pub const COM1_GSI: u32 = 4;
+/// `_HID` of a 16550A-compatible serial port (PNP ids, "PNP0501").
+const COM1_HID: &str = "PNP0501";
+/// COM1's `_UID` in the DSDT.
+const COM1_UID: u8 = 0;
+
+/// The DSDT entry (inside `\_SB_`) for COM1: a 16550A-compatible port (`PNP0501`) with its
+/// eight I/O ports and ISA IRQ 4 (edge-triggered, active-high, as ISA interrupts are).
+pub fn acpi_aml() -> Vec<u8> {
+    use acpi_tables::aml::{self, EISAName, Interrupt, Name, ResourceTemplate, IO};
+    use acpi_tables::Aml;
+    let io = IO::new(COM1_PORT as u16, COM1_PORT as u16, 0, COM1_PORT_SPAN as u8);
+    let irq = Interrupt::new(true, true, false, false, COM1_GSI);
+    let crs = ResourceTemplate::new(vec![&io, &irq]);
+    let mut out = Vec::new();
+    aml::Device::new(
+        "COM1".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new(COM1_HID)),
+            &Name::new("_UID".into(), &COM1_UID),
+            &Name::new("_CRS".into(), &crs),
+        ],
+    )
+    .to_aml_bytes(&mut out);
+    out
+}
+
 /// What Linux prints when it panics (kernel/panic.c).
 pub const PANIC_MARKER: &str = "Kernel panic - not syncing";
 /// Longest console line kept for matching; longer lines are matched in pieces.

@@ -166,12 +166,7 @@ fn eq_rule(arg: u8, value: u64) -> Result<SeccompRule, seccompiler::Error> {
 /// restores the terminal. No thread may create VMs, vCPUs, or change memory once the guest runs.
 pub fn ioctl_requests(role: Role) -> Vec<u64> {
     match role {
-        Role::Vcpu => vec![
-            KVM_RUN(),
-            KVM_GET_REGS(),
-            KVM_GET_SREGS(),
-            KVM_TRANSLATE(),
-        ],
+        Role::Vcpu => vec![KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS(), KVM_TRANSLATE()],
         Role::Main | Role::Console => vec![TCGETS, TCSETS],
         Role::Device => vec![],
     }

@@ -1,66 +1,51 @@
-//! Minimal ACPI tables: RSDP, XSDT, FADT (hardware-reduced), an empty DSDT and a MADT listing
-//! the vCPUs' local APICs and the IOAPIC. Kernels built without `CONFIG_X86_MPPARSE` (Debian's
-//! cloud kernel, for one) learn their CPUs only from the MADT. Layouts from the ACPI 6.5 spec:
-//! 5.2.5.3 (RSDP), 5.2.6 (header), 5.2.8 (XSDT), 5.2.9 (FADT), 5.2.12 (MADT).
+//! The ACPI tables, generated with the rust-vmm `acpi_tables` crate: RSDP, XSDT, a
+//! hardware-reduced FADT, the DSDT and a MADT listing the vCPUs' local APICs and the IOAPIC.
+//!
+//! The DSDT's body (the devices' AML) comes from the caller: every device describes itself
+//! (see `vmm::platform`). Kernels built without `CONFIG_X86_MPPARSE` (Debian's cloud kernel,
+//! for one) learn their CPUs only from the MADT; kernels with ACPI find virtio-mmio devices,
+//! COM1, the power button and `_S5_` in the DSDT. Layouts: ACPI 6.5, 5.2.5.3 (RSDP), 5.2.8
+//! (XSDT), 5.2.9 (FADT), 5.2.12 (MADT), 5.2.11.1 (DSDT).
 
-use crate::vmm::layout::{ACPI_START, IOAPIC_ADDR, LAPIC_ADDR};
+use crate::vmm::layout::{
+    ACPI_PM_PORT, ACPI_RESET_OFFSET, ACPI_SLEEP_CONTROL_OFFSET, ACPI_SLEEP_STATUS_OFFSET,
+    ACPI_START, IOAPIC_ADDR, LAPIC_ADDR,
+};
+use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
+use acpi_tables::rsdp::Rsdp;
+use acpi_tables::sdt::Sdt;
+use acpi_tables::xsdt::XSDT;
+use acpi_tables::Aml;
 
-/// OEM id in every table (6 bytes).
-const OEM_ID: &[u8; 6] = b"AMIVM ";
+/// OEM id in every table (6 bytes): Linux prints it in its `ACPI: XSDT ... (v01 AMIVM ...)`
+/// lines.
+pub const OEM_ID: [u8; 6] = *b"AMIVM ";
 /// OEM table id (8 bytes).
-const OEM_TABLE_ID: &[u8; 8] = b"MICROVM ";
-/// Creator id (4 bytes) and revision.
-const CREATOR_ID: &[u8; 4] = b"AMVM";
-const CREATOR_REVISION: u32 = 1;
+const OEM_TABLE_ID: [u8; 8] = *b"MICROVM ";
+/// OEM revision of every table.
+const OEM_REVISION: u32 = 1;
+/// The FADT's hypervisor vendor identity (ACPI 6.5, table 5.9, offset 268).
+const HYPERVISOR_ID: [u8; 8] = *b"AMIVM   ";
 /// Size of the common table header (5.2.6).
-const HEADER_LEN: usize = 36;
-/// Size of an ACPI 2.0+ RSDP (5.2.5.3).
-const RSDP_LEN: usize = 36;
-/// FADT length for revision 6 (table 5.9 ends with the hypervisor vendor id at 268 + 8).
-const FADT_LEN: usize = 276;
-/// FADT major revision 6, minor revision 5 (ACPI 6.5).
-const FADT_REVISION: u8 = 6;
-const FADT_MINOR_REVISION: u8 = 5;
-/// FADT field offsets (table 5.9).
-const FADT_OFF_IAPC_BOOT_ARCH: usize = 109;
-const FADT_OFF_FLAGS: usize = 112;
-const FADT_OFF_RESET_REG: usize = 116;
-const FADT_OFF_RESET_VALUE: usize = 128;
-const FADT_OFF_MINOR_REVISION: usize = 131;
-const FADT_OFF_X_DSDT: usize = 140;
-const FADT_OFF_HYPERVISOR_ID: usize = 268;
-/// IAPC_BOOT_ARCH bits (table 5.11): 8042 present, VGA not present, MSI not supported, CMOS RTC
-/// not present.
+const HEADER_LEN: u32 = 36;
+/// DSDT revision 2: integers in its AML are 64-bit (5.2.11.1).
+const DSDT_REVISION: u8 = 2;
+/// IAPC_BOOT_ARCH bits (table 5.11): 8042 present (Linux probes the i8042 only then), VGA not
+/// present, MSI not supported, CMOS RTC not present.
 const IAPC_8042: u16 = 1 << 1;
 const IAPC_VGA_NOT_PRESENT: u16 = 1 << 2;
 const IAPC_MSI_NOT_SUPPORTED: u16 = 1 << 3;
 const IAPC_CMOS_RTC_NOT_PRESENT: u16 = 1 << 5;
-/// FADT flags (table 5.10): power and sleep buttons are not fixed-feature, the reset register is
-/// supported, the platform is hardware-reduced (no PM timer, no SCI, no GPE blocks).
-const FADT_PWR_BUTTON: u32 = 1 << 4;
-const FADT_SLP_BUTTON: u32 = 1 << 5;
-const FADT_RESET_REG_SUP: u32 = 1 << 10;
-const FADT_HW_REDUCED_ACPI: u32 = 1 << 20;
-/// Generic Address Structure for the reset register: system I/O space (id 1), 8 bits, byte
-/// access, port 0x64; writing 0xFE there is the i8042 reset (5.2.3.2).
-const GAS_SYSTEM_IO: u8 = 1;
-const GAS_ACCESS_BYTE: u8 = 1;
-const RESET_PORT: u64 = 0x64;
-const RESET_VALUE: u8 = 0xfe;
-/// MADT structure types and lengths (5.2.12): processor local APIC (0, 8 bytes), I/O APIC (1,
-/// 12 bytes); the local APIC flag bit 0 is "Enabled".
-const MADT_LOCAL_APIC: u8 = 0;
-const MADT_LOCAL_APIC_LEN: u8 = 8;
-const MADT_IO_APIC: u8 = 1;
-const MADT_IO_APIC_LEN: u8 = 12;
-const MADT_ENABLED: u32 = 1;
-/// Table revisions: XSDT 1, DSDT 2 (64-bit integers in AML), MADT 5.
-const XSDT_REVISION: u8 = 1;
-const DSDT_REVISION: u8 = 2;
-const MADT_REVISION: u8 = 5;
-/// RSDP revision 2: ACPI 2.0+ with an XSDT.
-const RSDP_REVISION: u8 = 2;
-/// Tables start on 16-byte boundaries (the RSDP must; the rest for tidiness).
+/// The value the guest writes to the reset register (any byte will do: ours, documented here
+/// and in the FADT).
+pub const RESET_VALUE: u8 = 0x01;
+/// Width in bits of the one-byte power-management registers.
+const BYTE_REGISTER_BITS: u8 = 8;
+/// Tables start on 16-byte boundaries (the RSDP must, 5.2.5.1; the rest for tidiness).
 const ALIGN: usize = 16;
 /// The end of the BIOS read-only area the RSDP scan covers (5.2.5.1: 0xE0000-0xFFFFF).
 pub const ACPI_AREA_END: u64 = 0x10_0000;
@@ -70,6 +55,17 @@ pub const ACPI_AREA_END: u64 = 0x10_0000;
 pub struct AcpiTables {
     pub rsdp_addr: u64,
     pub bytes: Vec<u8>,
+    /// Each table's name (its signature; `RSDP` for the RSDP), offset in `bytes` and length.
+    pub index: Vec<(String, usize, usize)>,
+}
+
+impl AcpiTables {
+    /// Each table's name and bytes, in the order they are laid out.
+    pub fn tables(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.index
+            .iter()
+            .map(|(n, off, len)| (n.as_str(), &self.bytes[*off..*off + *len]))
+    }
 }
 
 /// Errors building the tables.
@@ -77,182 +73,120 @@ pub struct AcpiTables {
 pub enum AcpiError {
     #[error("ACPI tables for {0} vCPUs do not fit below 1 MiB")]
     TooBig(u32),
+    #[error("{0} vCPUs cannot be described by a MADT (1 to 255)")]
+    BadCpuCount(u32),
 }
 
-fn checksum(b: &[u8]) -> u8 {
-    b.iter().fold(0u8, |a, x| a.wrapping_sub(*x))
-}
-
-fn header(sig: &[u8; 4], len: usize, revision: u8) -> Vec<u8> {
-    let mut h = Vec::with_capacity(len);
-    h.extend_from_slice(sig);
-    h.extend_from_slice(&(len as u32).to_le_bytes());
-    h.push(revision);
-    h.push(0); // checksum
-    h.extend_from_slice(OEM_ID);
-    h.extend_from_slice(OEM_TABLE_ID);
-    h.extend_from_slice(&1u32.to_le_bytes()); // OEM revision
-    h.extend_from_slice(CREATOR_ID);
-    h.extend_from_slice(&CREATOR_REVISION.to_le_bytes());
-    h
-}
-
-fn seal(mut t: Vec<u8>) -> Vec<u8> {
-    t[9] = checksum(&t);
-    t
+/// A one-byte register at `port` in system I/O space (Generic Address Structure, 5.2.3.2).
+fn io_byte_register(port: u64) -> GAS {
+    GAS::new(
+        AddressSpace::SystemIo,
+        BYTE_REGISTER_BITS,
+        0,
+        AccessSize::ByteAccess,
+        port,
+    )
 }
 
 fn fadt(dsdt_addr: u64) -> Vec<u8> {
-    let mut t = header(b"FACP", FADT_LEN, FADT_REVISION);
-    t.resize(FADT_LEN, 0);
+    let mut b = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+        .dsdt_64(dsdt_addr)
+        .flag(Flags::HwReducedAcpi)
+        .flag(Flags::ResetRegSup)
+        // Power and sleep buttons are control-method devices, not fixed features.
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton);
     let boot_arch =
         IAPC_8042 | IAPC_VGA_NOT_PRESENT | IAPC_MSI_NOT_SUPPORTED | IAPC_CMOS_RTC_NOT_PRESENT;
-    t[FADT_OFF_IAPC_BOOT_ARCH..FADT_OFF_IAPC_BOOT_ARCH + 2]
-        .copy_from_slice(&boot_arch.to_le_bytes());
-    let flags = FADT_PWR_BUTTON | FADT_SLP_BUTTON | FADT_RESET_REG_SUP | FADT_HW_REDUCED_ACPI;
-    t[FADT_OFF_FLAGS..FADT_OFF_FLAGS + 4].copy_from_slice(&flags.to_le_bytes());
-    let gas = [GAS_SYSTEM_IO, 8, 0, GAS_ACCESS_BYTE];
-    t[FADT_OFF_RESET_REG..FADT_OFF_RESET_REG + 4].copy_from_slice(&gas);
-    t[FADT_OFF_RESET_REG + 4..FADT_OFF_RESET_REG + 12].copy_from_slice(&RESET_PORT.to_le_bytes());
-    t[FADT_OFF_RESET_VALUE] = RESET_VALUE;
-    t[FADT_OFF_MINOR_REVISION] = FADT_MINOR_REVISION;
-    t[FADT_OFF_X_DSDT..FADT_OFF_X_DSDT + 8].copy_from_slice(&dsdt_addr.to_le_bytes());
-    t[FADT_OFF_HYPERVISOR_ID..FADT_OFF_HYPERVISOR_ID + 8].copy_from_slice(b"AMIVM   ");
-    seal(t)
+    b.iapc_boot_arch = boot_arch.into();
+    b.reset_reg = io_byte_register(ACPI_PM_PORT + ACPI_RESET_OFFSET);
+    b.reset_value = RESET_VALUE;
+    // Both must be non-zero for Linux to offer S5 on a hardware-reduced platform
+    // (ACPICA hwxfsleep.c, acpi_hw_extended_sleep).
+    b.sleep_control_reg = io_byte_register(ACPI_PM_PORT + ACPI_SLEEP_CONTROL_OFFSET);
+    b.sleep_status_reg = io_byte_register(ACPI_PM_PORT + ACPI_SLEEP_STATUS_OFFSET);
+    b.hypervisor_vendor_identity = u64::from_le_bytes(HYPERVISOR_ID).into();
+    let mut out = Vec::new();
+    b.finalize().to_aml_bytes(&mut out);
+    out
 }
 
 fn madt(cpus: u32) -> Vec<u8> {
-    let len =
-        HEADER_LEN + 8 + cpus as usize * MADT_LOCAL_APIC_LEN as usize + MADT_IO_APIC_LEN as usize;
-    let mut t = header(b"APIC", len, MADT_REVISION);
-    t.extend_from_slice(&(LAPIC_ADDR as u32).to_le_bytes());
-    t.extend_from_slice(&0u32.to_le_bytes()); // flags: no dual-8259 setup to disable
+    let mut m = MADT::new(
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_ADDR as u32),
+    );
     for id in 0..cpus {
-        t.extend_from_slice(&[MADT_LOCAL_APIC, MADT_LOCAL_APIC_LEN, id as u8, id as u8]);
-        t.extend_from_slice(&MADT_ENABLED.to_le_bytes());
+        m.add_structure(ProcessorLocalApic::new(
+            id as u8,
+            id as u8,
+            EnabledStatus::Enabled,
+        ));
     }
-    // The IOAPIC's id follows the CPUs', as in the MP table.
-    t.extend_from_slice(&[MADT_IO_APIC, MADT_IO_APIC_LEN, cpus as u8, 0]);
-    t.extend_from_slice(&(IOAPIC_ADDR as u32).to_le_bytes());
-    t.extend_from_slice(&0u32.to_le_bytes()); // GSI base
-    seal(t)
+    // The IOAPIC's id follows the CPUs', as in the MP table; its pins start at GSI 0.
+    m.add_structure(IoApic::new(cpus as u8, IOAPIC_ADDR as u32, 0));
+    let mut out = Vec::new();
+    m.to_aml_bytes(&mut out);
+    out
+}
+
+fn dsdt(body: &[u8]) -> Vec<u8> {
+    let mut t = Sdt::new(
+        *b"DSDT",
+        HEADER_LEN,
+        DSDT_REVISION,
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+    );
+    t.append_slice(body);
+    t.as_slice().to_vec()
 }
 
 fn align(v: &mut Vec<u8>) {
     v.resize(v.len().div_ceil(ALIGN) * ALIGN, 0);
 }
 
-/// Build the tables for `cpus` vCPUs, laid out from [`ACPI_START`].
-pub fn build(cpus: u32) -> Result<AcpiTables, AcpiError> {
-    let mut out = vec![0u8; RSDP_LEN];
-    align(&mut out);
-    let at = |v: &Vec<u8>| ACPI_START + v.len() as u64;
-    let dsdt_addr = at(&out);
-    out.extend(seal(header(b"DSDT", HEADER_LEN, DSDT_REVISION)));
-    align(&mut out);
-    let fadt_addr = at(&out);
-    out.extend(fadt(dsdt_addr));
-    align(&mut out);
-    let madt_addr = at(&out);
-    out.extend(madt(cpus));
-    align(&mut out);
-    let xsdt_addr = at(&out);
-    let mut x = header(b"XSDT", HEADER_LEN + 16, XSDT_REVISION);
-    x.extend_from_slice(&fadt_addr.to_le_bytes());
-    x.extend_from_slice(&madt_addr.to_le_bytes());
-    out.extend(seal(x));
-    if at(&out) > ACPI_AREA_END {
+/// Build the tables for `cpus` vCPUs with `dsdt_body` (AML) as the DSDT's definition block,
+/// laid out from [`ACPI_START`].
+pub fn build(cpus: u32, dsdt_body: &[u8]) -> Result<AcpiTables, AcpiError> {
+    if cpus == 0 || cpus > u32::from(u8::MAX) {
+        return Err(AcpiError::BadCpuCount(cpus));
+    }
+    let rsdp_len = Rsdp::len();
+    let mut out = vec![0u8; rsdp_len];
+    let mut index = vec![("RSDP".to_string(), 0, rsdp_len)];
+    let mut place = |out: &mut Vec<u8>, name: &str, table: Vec<u8>| -> u64 {
+        align(out);
+        let off = out.len();
+        index.push((name.to_string(), off, table.len()));
+        out.extend(table);
+        ACPI_START + off as u64
+    };
+    let dsdt_addr = place(&mut out, "DSDT", dsdt(dsdt_body));
+    let fadt_addr = place(&mut out, "FACP", fadt(dsdt_addr));
+    let madt_addr = place(&mut out, "APIC", madt(cpus));
+    let mut x = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    x.add_entry(fadt_addr);
+    x.add_entry(madt_addr);
+    let mut xb = Vec::new();
+    x.to_aml_bytes(&mut xb);
+    let xsdt_addr = place(&mut out, "XSDT", xb);
+    if ACPI_START + out.len() as u64 > ACPI_AREA_END {
         return Err(AcpiError::TooBig(cpus));
     }
-    let mut r = Vec::with_capacity(RSDP_LEN);
-    r.extend_from_slice(b"RSD PTR ");
-    r.push(0); // checksum of the first 20 bytes
-    r.extend_from_slice(OEM_ID);
-    r.push(RSDP_REVISION);
-    r.extend_from_slice(&0u32.to_le_bytes()); // no RSDT
-    r.extend_from_slice(&(RSDP_LEN as u32).to_le_bytes());
-    r.extend_from_slice(&xsdt_addr.to_le_bytes());
-    r.extend_from_slice(&[0, 0, 0, 0]); // extended checksum, reserved
-    r[8] = checksum(&r[..20]);
-    r[32] = checksum(&r);
-    out[..RSDP_LEN].copy_from_slice(&r);
+    let mut r = Vec::new();
+    Rsdp::new(OEM_ID, xsdt_addr).to_aml_bytes(&mut r);
+    out[..rsdp_len].copy_from_slice(&r);
     Ok(AcpiTables {
         rsdp_addr: ACPI_START,
         bytes: out,
+        index,
     })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sum(b: &[u8]) -> u8 {
-        b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
-    }
-
-    fn u64_at(b: &[u8], o: usize) -> u64 {
-        u64::from_le_bytes(b[o..o + 8].try_into().unwrap())
-    }
-
-    /// Find a table by following RSDP -> XSDT, as an OS does.
-    fn table<'a>(t: &'a AcpiTables, sig: &[u8; 4]) -> &'a [u8] {
-        let b = &t.bytes;
-        let off = |addr: u64| (addr - ACPI_START) as usize;
-        let xsdt = &b[off(u64_at(b, 24))..];
-        assert_eq!(&xsdt[0..4], b"XSDT");
-        let len = u32::from_le_bytes(xsdt[4..8].try_into().unwrap()) as usize;
-        for i in (HEADER_LEN..len).step_by(8) {
-            let tb = &b[off(u64_at(xsdt, i))..];
-            if &tb[0..4] == sig {
-                let l = u32::from_le_bytes(tb[4..8].try_into().unwrap()) as usize;
-                return &tb[..l];
-            }
-        }
-        panic!("no {sig:?}");
-    }
-
-    #[test]
-    fn rsdp_and_checksums() {
-        let t = build(2).unwrap();
-        assert_eq!(&t.bytes[0..8], b"RSD PTR ");
-        assert_eq!(sum(&t.bytes[..20]), 0);
-        assert_eq!(sum(&t.bytes[..36]), 0);
-        for sig in [b"FACP", b"APIC"] {
-            let tb = table(&t, sig);
-            assert_eq!(sum(tb), 0, "{sig:?} checksum");
-        }
-        let fadt = table(&t, b"FACP");
-        assert_eq!(fadt.len(), 276);
-        let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
-        assert_ne!(flags & FADT_HW_REDUCED_ACPI, 0);
-        let dsdt_off = (u64_at(fadt, 140) - ACPI_START) as usize;
-        assert_eq!(&t.bytes[dsdt_off..dsdt_off + 4], b"DSDT");
-        assert_eq!(sum(&t.bytes[dsdt_off..dsdt_off + 36]), 0);
-    }
-
-    #[test]
-    fn madt_lists_every_cpu_and_the_ioapic() {
-        for cpus in [1u32, 2, 4, 64, 254] {
-            let t = build(cpus).unwrap();
-            let m = table(&t, b"APIC");
-            let mut off = HEADER_LEN + 8;
-            let (mut lapics, mut ioapics) = (vec![], 0);
-            while off < m.len() {
-                match m[off] {
-                    MADT_LOCAL_APIC => lapics.push(m[off + 3]),
-                    MADT_IO_APIC => {
-                        ioapics += 1;
-                        assert_eq!(
-                            u32::from_le_bytes(m[off + 4..off + 8].try_into().unwrap()) as u64,
-                            IOAPIC_ADDR
-                        );
-                    }
-                    other => panic!("unexpected MADT entry {other}"),
-                }
-                off += m[off + 1] as usize;
-            }
-            assert_eq!(lapics, (0..cpus).map(|i| i as u8).collect::<Vec<_>>());
-            assert_eq!(ioapics, 1);
-        }
-    }
-}
+#[path = "acpi_tests.rs"]
+mod tests;

@@ -319,6 +319,34 @@ pub fn cmdline_fragment(base: u64, gsi: u32) -> String {
     )
 }
 
+/// The ACPI `_HID` of a virtio-mmio transport, as Linux's virtio_mmio driver matches it
+/// (drivers/virtio/virtio_mmio.c, `virtio_mmio_acpi_match`).
+pub const ACPI_HID: &str = "LNRO0005";
+
+/// The DSDT entry (inside `\_SB_`) that declares virtio-mmio transport `index` to an ACPI
+/// kernel: `_HID` [`ACPI_HID`], `_UID` index, `_CCA` 1 (DMA is cache-coherent), and `_CRS`
+/// with its register window and its edge-triggered, active-high interrupt (an irqfd pulse).
+/// The device is named `VRnn` (nn: the index in hex, as QEMU names its transports).
+pub fn acpi_aml(index: u8, base: u32, gsi: u32) -> Vec<u8> {
+    use acpi_tables::aml::{self, Interrupt, Memory32Fixed, Name, ResourceTemplate};
+    use acpi_tables::Aml;
+    let window = Memory32Fixed::new(true, base, MMIO_WINDOW_SIZE as u32);
+    let irq = Interrupt::new(true, true, false, false, gsi);
+    let crs = ResourceTemplate::new(vec![&window, &irq]);
+    let mut out = Vec::new();
+    aml::Device::new(
+        format!("VR{index:02X}").as_str().into(),
+        vec![
+            &Name::new("_HID".into(), &ACPI_HID),
+            &Name::new("_UID".into(), &index),
+            &Name::new("_CCA".into(), &aml::ONE),
+            &Name::new("_CRS".into(), &crs),
+        ],
+    )
+    .to_aml_bytes(&mut out);
+    out
+}
+
 #[cfg(test)]
 #[path = "mmio_tests.rs"]
 mod mmio_tests;
