@@ -3,10 +3,10 @@
 
 use super::devices::bus::{Bus, SharedDevice};
 use super::devices::virtio::{
-    cmdline_fragment, new_block, BlockConfig, MmioBlockDevice, MMIO_WINDOW_SIZE, NOTIFY_OFFSET,
+    new_block, BlockConfig, MmioBlockDevice, MMIO_WINDOW_SIZE, NOTIFY_OFFSET,
 };
 use super::events::{EventSink, VmEvent};
-use super::layout::{MAX_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
+use super::layout::drive_window;
 use super::VmmError;
 use crate::volume::BlockBackend;
 use event_manager::{
@@ -27,16 +27,16 @@ pub struct BlockDrive {
     pub config: BlockConfig,
 }
 
-/// What [`attach`] produced: the kernel arguments to append and the devices, for the final flush.
+/// What [`attach`] produced: the devices, for the final flush. The kernel arguments that
+/// announce them are [`super::boot::cmdline::with_drives`].
 pub struct Attached {
-    pub fragments: Vec<String>,
     pub devices: Vec<Arc<Mutex<MmioBlockDevice>>>,
 }
 
 /// The event manager type the VMM runs on its event thread.
 pub type Events = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
-/// Attach `drives` to the MMIO bus and KVM; returns the kernel arguments to append.
+/// Attach `drives` to the MMIO bus and KVM, drive `i` at [`drive_window`]`(i)`.
 pub fn attach(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
@@ -44,23 +44,16 @@ pub fn attach(
     events: &mut Events,
     drives: Vec<BlockDrive>,
 ) -> Result<Attached, VmmError> {
-    let mut fragments = Vec::new();
     let mut devices = Vec::new();
-    let max = (MAX_GSI - VIRTIO_FIRST_GSI + 1) as usize;
-    if drives.len() > max {
-        return Err(VmmError::Config(format!(
-            "{} drives given; at most {max} are supported",
-            drives.len()
-        )));
-    }
+    super::boot::check::check_drive_count(drives.len())
+        .map_err(|e| VmmError::Config(e.to_string()))?;
     for (i, drive) in drives.into_iter().enumerate() {
         let name = format!("drive {i} ({})", drive.backend.serial());
         let dev_err = |why: String| VmmError::Device {
             name: name.clone(),
             why,
         };
-        let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
-        let gsi = VIRTIO_FIRST_GSI + i as u32;
+        let (base, gsi) = drive_window(i);
         let h = new_block(mem.clone(), drive.backend, drive.config)
             .map_err(|e| dev_err(e.to_string()))?;
         vm.register_ioevent(
@@ -73,10 +66,9 @@ pub fn attach(
             .map_err(|e| dev_err(format!("KVM_IRQFD: {e}")))?;
         events.add_subscriber(h.worker);
         mmio.insert(h.bus_device.clone() as SharedDevice, base, MMIO_WINDOW_SIZE)?;
-        fragments.push(cmdline_fragment(base, gsi));
         devices.push(h.bus_device);
     }
-    Ok(Attached { fragments, devices })
+    Ok(Attached { devices })
 }
 
 /// Flush every device's backend: called once the guest has ended, so that what it wrote is

@@ -221,15 +221,10 @@ impl Vmm {
         let root_ro = drives
             .first()
             .map(|d| d.config.read_only || d.backend.read_only());
+        let drive_count = drives.len();
         let attached = blockdevs::attach(&vm, &mem, &mut mmio, &mut device_events, drives)?;
         let block_devices = attached.devices;
-        let mut fragments = attached.fragments;
-        if let Some(ro) = root_ro {
-            if !cmdline::has_param(&config.cmdline, "root") {
-                fragments.insert(0, format!("root=/dev/vda {}", if ro { "ro" } else { "rw" }));
-            }
-        }
-        config.cmdline = cmdline::compose(Some(&config.cmdline), None, &fragments);
+        config.cmdline = cmdline::with_drives(&config.cmdline, drive_count, root_ro.unwrap_or(false));
 
         let (sig, features) = cpuid::signature_and_features(&supported);
         let boot = boot::setup(
@@ -430,7 +425,11 @@ impl Vmm {
     }
 
     fn wait(&self) -> VmExit {
-        let deadline = self.config.timeout.map(|t| Instant::now() + t);
+        // A deadline past what the clock can represent is no deadline.
+        let deadline = self
+            .config
+            .timeout
+            .and_then(|t| Instant::now().checked_add(t));
         let mut grace_until: Option<Instant> = None;
         loop {
             let now = Instant::now();

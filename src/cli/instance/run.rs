@@ -140,7 +140,7 @@ fn detach(
         .arg("--account")
         .arg(inst.owner_id.as_str())
         .arg("--log-level")
-        .arg(&g.log_level)
+        .arg(g.log_level.as_str())
         .arg("__run-instance")
         .arg(&inst.instance_id)
         .arg("--lock-fd")

@@ -1,5 +1,8 @@
 //! The kernel command line: defaults, `--cmdline` / `--append`, device fragments, checks.
 
+use crate::vmm::devices::virtio::cmdline_fragment;
+use crate::vmm::layout::drive_window;
+
 /// The default command line: serial console, reboot through the keyboard controller (which
 /// ends the VM), reboot 1 s after a panic, and an i8042 that does not probe for a mouse or a
 /// multiplexer (Firecracker uses the same set).
@@ -31,6 +34,21 @@ pub fn compose(base: Option<&str>, append: Option<&str>, fragments: &[String]) -
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The command line of a VM with `drives` virtio-blk drives: `base`, then `root=/dev/vda rw`
+/// (`ro` with `root_ro`) when there is a drive and `base` sets no `root=`, then one
+/// `virtio_mmio.device=` argument per drive (at [`drive_window`]).
+pub fn with_drives(base: &str, drives: usize, root_ro: bool) -> String {
+    let mut fragments = Vec::with_capacity(drives + 1);
+    if drives > 0 && !has_param(base, "root") {
+        fragments.push(format!("root=/dev/vda {}", if root_ro { "ro" } else { "rw" }));
+    }
+    fragments.extend((0..drives).map(|i| {
+        let (addr, gsi) = drive_window(i);
+        cmdline_fragment(addr, gsi)
+    }));
+    compose(Some(base), None, &fragments)
 }
 
 /// Whether the command line sets parameter `name` (as `name` or `name=...`).
@@ -76,6 +94,19 @@ mod tests {
             format!("{DEFAULT_CMDLINE} foo")
         );
         assert_eq!(compose(Some(""), None, &[]), "");
+    }
+
+    #[test]
+    fn drives_add_root_and_one_device_argument_each() {
+        assert_eq!(with_drives("quiet", 0, false), "quiet");
+        assert_eq!(
+            with_drives("quiet", 2, true),
+            "quiet root=/dev/vda ro virtio_mmio.device=4K@0xc0000000:5 virtio_mmio.device=4K@0xc0001000:6"
+        );
+        assert_eq!(
+            with_drives("root=/dev/vdb", 1, false),
+            "root=/dev/vdb virtio_mmio.device=4K@0xc0000000:5"
+        );
     }
 
     #[test]
