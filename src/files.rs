@@ -170,6 +170,14 @@ pub fn check(path: &Path, what: &'static str, accept: Accept) -> Result<Metadata
     Ok(meta)
 }
 
+/// Like [`check`], but a path that does not exist yet passes (a log file to be created).
+pub fn check_if_exists(path: &Path, what: &'static str, accept: Accept) -> Result<(), FileError> {
+    match check(path, what, accept) {
+        Err(e) if e.is_not_found() => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
 /// How to open a file with [`open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -180,7 +188,12 @@ pub enum Mode {
 }
 
 /// Open `path` as `mode` if it is a kind `accept` takes, without ever blocking in open(2).
-pub fn open(path: &Path, what: &'static str, accept: Accept, mode: Mode) -> Result<File, FileError> {
+pub fn open(
+    path: &Path,
+    what: &'static str,
+    accept: Accept,
+    mode: Mode,
+) -> Result<File, FileError> {
     match std::fs::metadata(path) {
         Ok(meta) => require(what, path, &meta, accept)?,
         Err(e) if mode == Mode::AppendCreate && e.kind() == std::io::ErrorKind::NotFound => {}

@@ -80,8 +80,13 @@ pub fn detect(path: &Path) -> Result<SourceKind> {
         return Ok(SourceKind::Directory);
     }
     let mut magic = [0u8; 4];
-    let f = files::open(path, "volume source", files::VOLUME_SOURCE, files::Mode::Read)
-        .map_err(|e| StoreError::source(path, e.reason()))?;
+    let f = files::open(
+        path,
+        "volume source",
+        files::VOLUME_SOURCE,
+        files::Mode::Read,
+    )
+    .map_err(|e| StoreError::source(path, e.reason()))?;
     let n = f
         .read_at(&mut magic, 0)
         .map_err(|e| StoreError::source(path, e.to_string()))?;

@@ -15,6 +15,7 @@ use super::memory::{create_guest_memory, ram_end};
 use super::vcpu::{create_vcpu, run_vcpu, VcpuContext};
 use super::x86_64::{cpuid, mptable};
 use super::VmmError;
+use crate::files;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use regex::Regex;
@@ -224,7 +225,8 @@ impl Vmm {
         let drive_count = drives.len();
         let attached = blockdevs::attach(&vm, &mem, &mut mmio, &mut device_events, drives)?;
         let block_devices = attached.devices;
-        config.cmdline = cmdline::with_drives(&config.cmdline, drive_count, root_ro.unwrap_or(false));
+        config.cmdline =
+            cmdline::with_drives(&config.cmdline, drive_count, root_ro.unwrap_or(false));
 
         let (sig, features) = cpuid::signature_and_features(&supported);
         let boot = boot::setup(
@@ -248,15 +250,10 @@ impl Vmm {
         let events = EventSink::new(tx);
         let mut pio = Bus::new();
         let log = match &config.console.log {
+            // A regular file only: open(2) of a FIFO would block until someone reads it.
             Some(p) => Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|source| VmmError::Io {
-                        what: format!("cannot open serial log {}", p.display()),
-                        source,
-                    })?,
+                files::open(p, "serial log", files::REGULAR, files::Mode::AppendCreate)
+                    .map_err(|e| VmmError::Config(e.to_string()))?,
             ),
             None => None,
         };

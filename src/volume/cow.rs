@@ -97,7 +97,11 @@ impl CowOverlay {
             )));
         }
         let base_size = base.size();
-        let mode = if writable { Mode::ReadWrite } else { Mode::Read };
+        let mode = if writable {
+            Mode::ReadWrite
+        } else {
+            Mode::Read
+        };
         let file = match files::open(overlay_path, "overlay", files::REGULAR, mode) {
             Ok(f) => f,
             Err(e) if e.is_not_found() => {

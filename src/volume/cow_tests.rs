@@ -242,7 +242,10 @@ fn an_overlay_has_one_writer_at_a_time() {
     let fx = Fixture::new(64 * 1024);
     let mut first = fx.open();
     let err = CowOverlay::open(fx.base(), &fx.overlay_path(), "base-1").unwrap_err();
-    assert!(matches!(err, VolumeError::InUse { writing: true, .. }), "{err}");
+    assert!(
+        matches!(err, VolumeError::InUse { writing: true, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("is in use"), "{err}");
     first.write_at(&[0x77; 4096], 0).unwrap();
     first.flush().unwrap();
@@ -252,7 +255,10 @@ fn an_overlay_has_one_writer_at_a_time() {
     assert!(reader.read_only(), "a read-only open stays read-only");
     let mut reader = reader;
     assert_eq!(read(&mut reader, 0, 4096), vec![0x77; 4096]);
-    assert!(matches!(reader.write_at(&[1], 0), Err(VolumeError::ReadOnly)));
+    assert!(matches!(
+        reader.write_at(&[1], 0),
+        Err(VolumeError::ReadOnly)
+    ));
     drop(first);
     let mut again = fx.open();
     assert_eq!(read(&mut again, 0, 4096), vec![0x77; 4096]);

@@ -104,16 +104,28 @@ mod tests {
         let e = spec(false, None).open().err().unwrap();
         assert!(matches!(e, VolumeError::InUse { writing: true, .. }), "{e}");
         let e = spec(true, None).open().err().unwrap();
-        assert!(matches!(e, VolumeError::InUse { writing: false, .. }), "{e}");
-        assert!(spec(false, Some("a.cow")).open().is_err(), "base being written");
+        assert!(
+            matches!(e, VolumeError::InUse { writing: false, .. }),
+            "{e}"
+        );
+        assert!(
+            spec(false, Some("a.cow")).open().is_err(),
+            "base being written"
+        );
         drop(w);
-        let (r1, r2) = (spec(true, None).open().unwrap(), spec(true, None).open().unwrap());
+        let (r1, r2) = (
+            spec(true, None).open().unwrap(),
+            spec(true, None).open().unwrap(),
+        );
         // Two overlays over one shared base, each with its own writer.
         let (o1, o2) = (
             spec(false, Some("a.cow")).open().unwrap(),
             spec(false, Some("b.cow")).open().unwrap(),
         );
-        assert!(spec(false, Some("a.cow")).open().is_err(), "overlay a in use");
+        assert!(
+            spec(false, Some("a.cow")).open().is_err(),
+            "overlay a in use"
+        );
         assert!(spec(true, Some("a.cow")).open().is_ok(), "a read-only look");
         assert!(spec(false, None).open().is_err(), "the base is shared");
         drop((r1, r2, o1, o2));

@@ -71,7 +71,10 @@ mod tests {
         drop((r1, r2));
         lock(&w, "f", LockKind::Exclusive).unwrap();
         let e = lock(&open(), "f", LockKind::Shared).unwrap_err();
-        assert!(matches!(e, VolumeError::InUse { writing: false, .. }), "{e}");
+        assert!(
+            matches!(e, VolumeError::InUse { writing: false, .. }),
+            "{e}"
+        );
         assert!(lock(&open(), "f", LockKind::Exclusive).is_err());
         drop(w);
         lock(&open(), "f", LockKind::Exclusive).unwrap();

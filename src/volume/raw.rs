@@ -28,7 +28,11 @@ impl RawFile {
     /// serial defaults to the file's name.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, VolumeError> {
         let label = path.display().to_string();
-        let mode = if read_only { Mode::Read } else { Mode::ReadWrite };
+        let mode = if read_only {
+            Mode::Read
+        } else {
+            Mode::ReadWrite
+        };
         let file = files::open(path, "drive", files::DISK, mode)?;
         let kind = if read_only {
             LockKind::Shared

@@ -102,7 +102,9 @@ pub struct KernelInfo {
 impl KernelInfo {
     /// Whether `addr` lies inside what the kernel loads.
     pub fn loads(&self, addr: u64) -> bool {
-        self.segments.iter().any(|s| (s.start..s.end).contains(&addr))
+        self.segments
+            .iter()
+            .any(|s| (s.start..s.end).contains(&addr))
     }
 }
 
@@ -140,7 +142,11 @@ pub enum CheckError {
     #[error("{given} volumes (block device mappings); a VM has at most {MAX_DRIVES}")]
     TooManyDrives { given: usize },
     #[error("kernel command line is {len} bytes with the root= and virtio_mmio.device= arguments amivm adds for {drives} drive(s); this kernel accepts at most {max}")]
-    CmdlineWithDrives { len: usize, max: usize, drives: usize },
+    CmdlineWithDrives {
+        len: usize,
+        max: usize,
+        drives: usize,
+    },
 }
 
 /// Identify a kernel from its first bytes (at least [`HEAD_LEN`] when the file has them).
@@ -350,7 +356,11 @@ fn check_bzimage(head: &[u8], len: u64) -> Result<KernelInfo, CheckError> {
     let payload = u64::from(hdr.syssize) * SYSSIZE_UNIT;
     let need = setup_len + payload;
     if payload == 0 || len < need {
-        return Err(truncated("its setup code and kernel (setup_sects, syssize)", need, len));
+        return Err(truncated(
+            "its setup code and kernel (setup_sects, syssize)",
+            need,
+            len,
+        ));
     }
     let start = u64::from(hdr.code32_start);
     if start < HIMEM_START {

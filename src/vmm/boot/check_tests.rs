@@ -87,7 +87,11 @@ fn nothing_to_load_or_entry_outside_is_refused() {
     assert!(matches!(check(&empty), Err(CheckError::NoLoadSegment)));
     let no_phdrs = elf(0x10_0000, &[], 0x100);
     assert!(matches!(check(&no_phdrs), Err(CheckError::NoLoadSegment)));
-    let outside = elf(0x20_0000, &[(PT_LOAD, 0x1000, 0x10_0000, 0x10, 0x10)], 0x1100);
+    let outside = elf(
+        0x20_0000,
+        &[(PT_LOAD, 0x1000, 0x10_0000, 0x10, 0x10)],
+        0x1100,
+    );
     assert!(matches!(
         check(&outside),
         Err(CheckError::EntryOutside { entry: 0x20_0000 })
@@ -182,7 +186,10 @@ fn malformed_headers_are_refused() {
         &[(PT_LOAD, 0x1000, 0x10_0000, 0x20, 0x10)],
         0x1100,
     );
-    assert!(matches!(check(&filesz_gt_memsz), Err(CheckError::BadElf(_))));
+    assert!(matches!(
+        check(&filesz_gt_memsz),
+        Err(CheckError::BadElf(_))
+    ));
     let mut i386 = good();
     i386[4] = 1;
     i386[E_MACHINE] = 3;

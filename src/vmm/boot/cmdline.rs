@@ -42,7 +42,10 @@ pub fn compose(base: Option<&str>, append: Option<&str>, fragments: &[String]) -
 pub fn with_drives(base: &str, drives: usize, root_ro: bool) -> String {
     let mut fragments = Vec::with_capacity(drives + 1);
     if drives > 0 && !has_param(base, "root") {
-        fragments.push(format!("root=/dev/vda {}", if root_ro { "ro" } else { "rw" }));
+        fragments.push(format!(
+            "root=/dev/vda {}",
+            if root_ro { "ro" } else { "rw" }
+        ));
     }
     fragments.extend((0..drives).map(|i| {
         let (addr, gsi) = drive_window(i);

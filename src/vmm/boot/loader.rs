@@ -103,8 +103,8 @@ pub fn load_kernel(
     };
     match info.format {
         KernelFormat::Elf => {
-            let r = Elf::load(mem, None, &mut f, Some(GuestAddress(HIMEM_START)))
-                .map_err(load_err)?;
+            let r =
+                Elf::load(mem, None, &mut f, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
             // Elf::load reports the entry as kernel_load.
             let pvh_entry = match r.pvh_boot_cap {
                 PvhBootCapability::PvhEntryPresent(a) => Some(a.0),
