@@ -39,12 +39,14 @@ pub struct BootArgs {
     /// 3153600000, i.e. 100 years).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
-    /// Also write the guest's serial console to this file (appended).
+    /// Also write the guest's serial console to this file (appended; a regular file, created if
+    /// missing).
     #[arg(long, value_name = "FILE")]
     pub serial_log: Option<PathBuf>,
     /// A virtio block device: path=FILE[,ro][,overlay=FILE][,id=NAME]. Repeatable; the first is
     /// the root device /dev/vda (root=/dev/vda is added unless the command line sets root=).
-    /// With overlay=, FILE is never written: writes go to the overlay file.
+    /// With overlay=, FILE is never written: writes go to the overlay file. FILE is a regular
+    /// file or block device; a file the VM writes is locked against other VMs while it runs.
     #[arg(long, value_name = "SPEC", value_parser = super::drive::parse_drive)]
     pub drive: Vec<DriveSpec>,
     /// Entry protocol: linux (64-bit boot protocol, zero page) or pvh (ELF with a PVH note).

@@ -81,7 +81,7 @@ pub struct RunArgs {
     /// Add to the image's kernel command line.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub append: Option<String>,
-    /// Stop the instance and exit 124 after this many seconds.
+    /// Stop the instance and exit 124 after this many seconds (at most 3153600000, 100 years).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
     /// Succeed (exit 0, VM stopped) as soon as the console output matches this regex.
@@ -93,7 +93,8 @@ pub struct RunArgs {
     /// What a shutdown from inside the guest does.
     #[arg(long, value_enum, default_value_t = ShutdownBehavior::Stop)]
     pub shutdown_behavior: ShutdownBehavior,
-    /// Write the console to this file instead of the instance's own log (appended).
+    /// Write the console to this file instead of the instance's own log (appended; a regular
+    /// file, created if missing).
     #[arg(long, value_name = "FILE")]
     pub serial_log: Option<PathBuf>,
     /// Run in the background (console to the instance's log) and print the instance id.
@@ -108,7 +109,7 @@ pub struct StartArgs {
     /// Run in the foreground with the console attached; exit codes as for `run`.
     #[arg(long)]
     pub attach: bool,
-    /// Stop the instance after this many seconds.
+    /// Stop the instance after this many seconds (at most 3153600000, 100 years).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
     /// Stop the instance (successfully) once the console matches this regex.
