@@ -6,10 +6,12 @@
 //!   point of the device model and the image store.
 //! - [`store`]: the image store: images, snapshots, blobs, accounts.
 //! - [`instance`]: instances launched from images, instance types.
+//! - [`files`]: opening the files a user names, refusing FIFOs and devices before open(2).
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod cli;
+pub mod files;
 pub mod instance;
 pub mod store;
 pub mod vmm;

@@ -235,3 +235,210 @@ fn kvm_missing_or_not_permitted_says_how_to_fix_it() {
     );
     assert!(out.stderr.contains("usermod -aG kvm"), "{}", out.describe());
 }
+
+/// Make a FIFO (named pipe) at `path`.
+fn mkfifo(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+/// Exit 125 and exactly one line on stderr, starting `amivm: error:`; returns the line.
+#[track_caller]
+fn assert_one_line_failure(out: &common::RunOutput, what: &str) -> String {
+    assert_eq!(out.code, Some(125), "{what}: {}", out.describe());
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{what}: not one line: {}", out.describe());
+    assert!(lines[0].starts_with("amivm: error: "), "{}", out.describe());
+    lines[0].to_string()
+}
+
+/// Issue 8, defect 6: `--timeout` beyond what a Duration holds (or not a number of seconds at
+/// all) panicked with exit 101 in `boot`, `run`, `start` and the detached `__run-instance`.
+#[test]
+fn absurd_timeouts_are_refused_in_every_command() {
+    let g = build_guest();
+    let g = g.to_str().unwrap();
+    let store = tmp("timeout-store");
+    let store = store.to_str().unwrap();
+    for t in [
+        "1e20",
+        "18446744073709551615",
+        "inf",
+        "nan",
+        "-1",
+        "0",
+        "3153600001",
+    ] {
+        let t = format!("--timeout={t}");
+        let t = t.as_str();
+        let commands: [Vec<&str>; 4] = [
+            vec!["boot", "--kernel", g, t],
+            vec!["--store", store, "run", "no-such-image", t],
+            vec!["--store", store, "start", "i-0123456789abcdef0", t],
+            vec![
+                "--store",
+                store,
+                "__run-instance",
+                "i-0123456789abcdef0",
+                "--lock-fd",
+                "99",
+                t,
+            ],
+        ];
+        for args in commands {
+            let line = assert_one_line_failure(&amivm(&args), &format!("{args:?}"));
+            assert!(
+                line.contains("--timeout") && line.contains("at most 3153600000"),
+                "{args:?}: {line}"
+            );
+        }
+    }
+    // The largest accepted value still boots (the guest exits at once).
+    let out = amivm(&["boot", "--kernel", g, "--timeout", "3153600000"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+}
+
+/// Issue 8, defect 12: a FIFO as the kernel, initrd or serial log hung in open(2); each is
+/// refused at once, naming the file and what it is.
+#[test]
+fn fifos_are_refused_without_hanging() {
+    let g = build_guest();
+    let g = g.to_str().unwrap();
+    let fifo = tmp("a-fifo");
+    mkfifo(&fifo);
+    let f = fifo.to_str().unwrap();
+    let store = tmp("fifo-store");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["boot", "--kernel", f], "kernel"),
+        (vec!["boot", "--kernel", g, "--initrd", f], "initrd"),
+        (
+            vec!["boot", "--kernel", g, "--serial-log", f, "--timeout", "20"],
+            "serial log",
+        ),
+        (
+            vec![
+                "--store",
+                store.to_str().unwrap(),
+                "run",
+                "no-such-image",
+                "--serial-log",
+                f,
+            ],
+            "serial log",
+        ),
+    ];
+    for (args, what) in cases {
+        let out = amivm(&args);
+        assert!(!out.killed, "{args:?} hung: {}", out.describe());
+        let line = assert_one_line_failure(&out, &format!("{args:?}"));
+        let want = format!("{what} {f} is a FIFO (named pipe); it must be a regular file");
+        assert!(line.contains(&want), "{args:?}: {line}");
+        assert!(out.stdout.is_empty(), "{}", out.describe());
+    }
+    // A serial log that does not exist yet is still created.
+    let log = tmp("new-serial.log");
+    let _ = std::fs::remove_file(&log);
+    let out = amivm(&["boot", "--kernel", g, "--serial-log", log.to_str().unwrap()]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), out.stdout);
+}
+
+/// Issue 8, defect 11: `--drive path=/dev/null` booted, then the final fsync (EINVAL on a
+/// character device) turned the guest's exit code into 125. A drive must be a regular file or
+/// a block device, and that is said before the guest runs.
+#[test]
+fn a_character_device_is_no_drive() {
+    let g = build_guest();
+    assert_fails(
+        &[
+            "boot",
+            "--kernel",
+            g.to_str().unwrap(),
+            "--drive",
+            "path=/dev/null",
+        ],
+        &["drive /dev/null is a character device; it must be a regular file or a block device"],
+    );
+    let fifo = tmp("drive-fifo");
+    mkfifo(&fifo);
+    let spec = format!("path={},ro", fifo.display());
+    assert_fails(
+        &["boot", "--kernel", g.to_str().unwrap(), "--drive", &spec],
+        &["is a FIFO (named pipe)"],
+    );
+}
+
+/// Issue 8, defect 14: `--log-level bogus` was accepted silently.
+#[test]
+fn log_level_is_one_of_the_levels() {
+    let g = build_guest();
+    let g = g.to_str().unwrap();
+    let line = assert_one_line_failure(
+        &amivm(&["--log-level", "bogus", "boot", "--kernel", g]),
+        "bogus level",
+    );
+    assert!(
+        line.contains("invalid value 'bogus' for '--log-level <LEVEL>'")
+            && line.contains("off, error, warn, info, debug, trace"),
+        "{line}"
+    );
+    for level in ["off", "error", "warn", "info", "debug", "trace"] {
+        let out = amivm(&["--log-level", level, "boot", "--kernel", g]);
+        assert_eq!(out.code, Some(0), "{level}: {}", out.describe());
+    }
+}
+
+/// Issue 8, defect 14: clap's usage errors took 3-5 lines; the docs promise one line on stderr
+/// and exit 125. `--help` and `--version` still print in full and exit 0.
+#[test]
+fn usage_errors_are_one_line() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["boot", "--foo"],
+            "amivm: error: unexpected argument '--foo' found (see amivm boot --help)",
+        ),
+        (
+            &["boot"],
+            "amivm: error: the following required arguments were not provided: --kernel <FILE> (see amivm boot --help)",
+        ),
+        (
+            &["boot", "--kernel", "k", "--memory", "lots"],
+            "amivm: error: invalid value 'lots' for '--memory <MIB>': invalid digit found in string (see amivm boot --help)",
+        ),
+        (
+            &["boot", "--kernl", "k"],
+            "amivm: error: unexpected argument '--kernl' found; a similar argument exists: '--kernel' (see amivm boot --help)",
+        ),
+        (
+            &["--store", "boot", "image", "create", "--name", "x"],
+            "amivm: error: the following required arguments were not provided: --kernel <FILE>, --root <SRC> (see amivm image create --help)",
+        ),
+        (&["image"], "amivm: error: a command is missing (see amivm image --help)"),
+        (&[], "amivm: error: a command is missing (see amivm --help)"),
+        (
+            &["xyzzy"],
+            "amivm: error: unrecognized subcommand 'xyzzy' (see amivm --help)",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = amivm(args);
+        assert_eq!(out.code, Some(125), "{args:?}: {}", out.describe());
+        assert_eq!(out.stderr, format!("{want}\n"), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.describe());
+    }
+    for args in [
+        &["--help"][..],
+        &["boot", "--help"],
+        &["image", "create", "--help"],
+    ] {
+        let out = amivm(args);
+        assert_eq!(out.code, Some(0), "{args:?}: {}", out.describe());
+        assert!(out.stdout.lines().count() > 10, "{args:?}: {}", out.stdout);
+        assert!(out.stdout.contains("Usage: amivm"), "{}", out.stdout);
+    }
+    let out = amivm(&["--version"]);
+    assert_eq!(out.code, Some(0));
+    assert_eq!(out.stdout, format!("amivm {}\n", env!("CARGO_PKG_VERSION")));
+}

@@ -38,15 +38,18 @@ pub struct BootArgs {
     /// Guest memory in MiB (mapped lazily: only what the guest touches is used).
     #[arg(long, default_value_t = 128, value_name = "MIB")]
     pub memory: u64,
-    /// Stop the VM and exit 124 after this many seconds.
+    /// Stop the VM and exit 124 after this many seconds (a positive number, at most
+    /// 3153600000, i.e. 100 years).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
-    /// Also write the guest's serial console to this file (appended).
+    /// Also write the guest's serial console to this file (appended; a regular file, created if
+    /// missing).
     #[arg(long, value_name = "FILE")]
     pub serial_log: Option<PathBuf>,
     /// A virtio block device: path=FILE[,ro][,overlay=FILE][,id=NAME]. Repeatable; the first is
     /// the root device /dev/vda (root=/dev/vda is added unless the command line sets root=).
-    /// With overlay=, FILE is never written: writes go to the overlay file.
+    /// With overlay=, FILE is never written: writes go to the overlay file. FILE is a regular
+    /// file or block device; a file the VM writes is locked against other VMs while it runs.
     #[arg(long, value_name = "SPEC", value_parser = super::drive::parse_drive)]
     pub drive: Vec<DriveSpec>,
     /// Entry protocol: linux (64-bit boot protocol, zero page) or pvh (ELF with a PVH note).
@@ -82,12 +85,21 @@ fn parse_test_hook(s: &str) -> Result<TestHook, String> {
     }
 }
 
-/// Parse `--timeout` seconds.
+/// Longest `--timeout` accepted, in seconds: 100 years of 365 days. Far beyond any real use,
+/// and far below where a deadline of `Instant::now()` plus it could overflow.
+pub const MAX_TIMEOUT_SECS: u64 = 100 * 365 * 24 * 3600;
+
+/// Check `--timeout` seconds (`boot`, `run`, `start` and the detached `__run-instance`): a
+/// positive, finite number up to [`MAX_TIMEOUT_SECS`].
 pub fn timeout_from(secs: Option<f64>) -> anyhow::Result<Option<Duration>> {
     match secs {
         None => Ok(None),
-        Some(s) if s.is_finite() && s > 0.0 => Ok(Some(Duration::from_secs_f64(s))),
-        Some(s) => anyhow::bail!("--timeout {s} must be a positive number of seconds"),
+        Some(s) if s.is_finite() && s > 0.0 && s <= MAX_TIMEOUT_SECS as f64 => {
+            Ok(Some(Duration::try_from_secs_f64(s)?))
+        }
+        Some(s) => anyhow::bail!(
+            "--timeout {s} must be a positive number of seconds, at most {MAX_TIMEOUT_SECS} (100 years)"
+        ),
     }
 }
 
@@ -122,14 +134,12 @@ pub fn report_exit(exit: &VmExit) -> i32 {
     }
 }
 
-/// Open each `--drive` as a block backend.
+/// Open each `--drive` as a block backend (volume errors name the file and the step).
 pub fn open_drives(specs: &[DriveSpec]) -> anyhow::Result<Vec<BlockDrive>> {
     specs
         .iter()
         .map(|d| {
-            let backend = d
-                .open()
-                .with_context(|| format!("cannot open drive {}", d.path.display()))?;
+            let backend = d.open()?;
             Ok(BlockDrive {
                 config: BlockConfig {
                     read_only: d.read_only,
@@ -197,4 +207,36 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     // while the VM still exists, costs ~18 ms of MMU-notifier work under KVM for nothing.
     std::mem::forget(vmm);
     Ok(report_exit(&exit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_positive_finite_and_bounded() {
+        assert_eq!(timeout_from(None).unwrap(), None);
+        assert_eq!(
+            timeout_from(Some(1.5)).unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        let max = MAX_TIMEOUT_SECS as f64;
+        assert_eq!(
+            timeout_from(Some(max)).unwrap(),
+            Some(Duration::from_secs(MAX_TIMEOUT_SECS))
+        );
+        for bad in [
+            0.0,
+            -1.0,
+            max * 1.000_001,
+            1e20,
+            18446744073709551615.0,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ] {
+            let e = timeout_from(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("must be a positive number"), "{bad}: {e}");
+        }
+    }
 }

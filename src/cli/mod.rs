@@ -34,9 +34,34 @@ pub struct GlobalOpts {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
-    /// Log level for amivm's own diagnostics on stderr (error, warn, info, debug, trace).
-    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
-    pub log_level: String,
+    /// Log level for amivm's own diagnostics on stderr ($AMIVM_LOG, env_logger syntax, refines it).
+    #[arg(long, global = true, value_enum, default_value_t = LogLevel::Warn, value_name = "LEVEL")]
+    pub log_level: LogLevel,
+}
+
+/// `--log-level`: the levels of the `log` crate, and `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The name, as the command line and env_logger spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Off => "off",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 /// How commands print their results.
@@ -69,15 +94,17 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
-                _ => exit::AMIVM_FAILED,
-            };
-            let _ = e.print();
-            return code;
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return 0;
+            }
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            eprintln!("amivm: error: {}", usage_error_line(&e, &args));
+            return exit::AMIVM_FAILED;
         }
     };
-    init_logging(&cli.global.log_level);
+    init_logging(cli.global.log_level.as_str());
     let result = match cli.command {
         Command::Boot(args) => boot::run(args),
         Command::Image(cmd) => image::run_image(cmd, &cli.global),
@@ -92,6 +119,90 @@ pub fn main() -> i32 {
             exit::AMIVM_FAILED
         }
     }
+}
+
+/// A clap usage error on one line: what clap says first, without its `error: ` prefix (an
+/// argument list clap puts on the following lines joined in), and the command whose `--help`
+/// tells more: `unexpected argument '--foo' found (see amivm boot --help)`.
+pub fn usage_error_line(e: &clap::Error, args: &[String]) -> String {
+    use clap::error::ErrorKind;
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim_end).skip_while(|l| l.is_empty());
+    let what = if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        "a command is missing".to_string()
+    } else {
+        let first = lines.next().unwrap_or("").trim();
+        let mut what = first.strip_prefix("error: ").unwrap_or(first).to_string();
+        let rest: Vec<&str> = lines.map(str::trim).filter(|l| !l.is_empty()).collect();
+        if what.ends_with(':') {
+            // "the following required arguments were not provided:" and an indented list.
+            let items: Vec<&str> = text
+                .lines()
+                .skip_while(|l| !l.trim_end().ends_with(':'))
+                .skip(1)
+                .take_while(|l| l.starts_with(' '))
+                .map(str::trim)
+                .collect();
+            what = format!("{what} {}", items.join(", "));
+        }
+        for extra in rest {
+            if extra.starts_with("[possible values:") {
+                what = format!("{what} {extra}");
+            } else if let Some(tip) = extra.strip_prefix("tip: ") {
+                what = format!("{what}; {tip}");
+            }
+        }
+        what
+    };
+    format!("{what} (see {} --help)", command_path(args))
+}
+
+/// The subcommand path (`amivm image create`) that `args` (without the program name) name,
+/// skipping options and their values.
+fn command_path(args: &[String]) -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut path = vec![cmd.get_name().to_string()];
+    let mut words = args.iter();
+    while let Some(w) = words.next() {
+        if w == "--" {
+            break;
+        }
+        if let Some(opt) = w.strip_prefix("--") {
+            let takes_value = !opt.contains('=')
+                && cmd
+                    .get_arguments()
+                    .find(|a| a.get_long() == Some(opt))
+                    .is_some_and(|a| a.get_action().takes_values());
+            if takes_value {
+                words.next();
+            }
+            continue;
+        }
+        if let Some(short) = w.strip_prefix('-') {
+            let mut chars = short.chars();
+            let takes_value = match (chars.next(), chars.next()) {
+                (Some(c), None) => cmd
+                    .get_arguments()
+                    .find(|a| a.get_short() == Some(c))
+                    .is_some_and(|a| a.get_action().takes_values()),
+                _ => false,
+            };
+            if takes_value {
+                words.next();
+            }
+            continue;
+        }
+        match cmd.find_subcommand(w) {
+            Some(sub) => {
+                path.push(sub.get_name().to_string());
+                cmd = sub.clone();
+            }
+            None => continue,
+        }
+    }
+    path.join(" ")
 }
 
 /// An error and its causes on one line: `outer: inner: root`.

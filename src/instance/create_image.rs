@@ -68,12 +68,12 @@ pub fn create_image(
             continue;
         }
         let view = super::launch::base_view(store, v)?;
-        let mut overlay = CowOverlay::open(
+        // Read-only and unlocked: a running instance (--no-reboot) holds the write lock.
+        let mut overlay = CowOverlay::open_read_only(
             Box::new(view),
             &dir.file_path(&v.overlay)?,
             v.snapshot_id.as_str(),
-        )?
-        .with_read_only(true);
+        )?;
         let chunks = dirty_chunks_from_blocks(overlay.dirty_blocks(), CowOverlay::block_size());
         hashed += chunks.len() as u64;
         let snap_desc = format!(

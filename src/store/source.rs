@@ -4,6 +4,7 @@
 use super::chunker::{ChunkSource, Qcow2Source, RawSource, QCOW2_MAGIC};
 use super::error::{Result, StoreError};
 use super::manifest::KernelFormat;
+use crate::files;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
@@ -73,12 +74,19 @@ impl Drop for OpenedSource {
 
 /// Tell what `path` is.
 pub fn detect(path: &Path) -> Result<SourceKind> {
-    let meta = std::fs::metadata(path).map_err(|e| StoreError::source(path, e.to_string()))?;
+    let meta = files::check(path, "volume source", files::VOLUME_SOURCE)
+        .map_err(|e| StoreError::source(path, e.reason()))?;
     if meta.is_dir() {
         return Ok(SourceKind::Directory);
     }
     let mut magic = [0u8; 4];
-    let f = File::open(path).map_err(|e| StoreError::source(path, e.to_string()))?;
+    let f = files::open(
+        path,
+        "volume source",
+        files::VOLUME_SOURCE,
+        files::Mode::Read,
+    )
+    .map_err(|e| StoreError::source(path, e.reason()))?;
     let n = f
         .read_at(&mut magic, 0)
         .map_err(|e| StoreError::source(path, e.to_string()))?;
@@ -308,7 +316,8 @@ pub fn os_release_from_ext4(image: &Path) -> Option<OsRelease> {
 
 /// Tell a kernel's format: an x86-64 ELF `vmlinux` or a `bzImage`.
 pub fn kernel_format(path: &Path) -> Result<KernelFormat> {
-    let mut f = File::open(path).map_err(|e| StoreError::source(path, e.to_string()))?;
+    let mut f = files::open(path, "kernel", files::REGULAR, files::Mode::Read)
+        .map_err(|e| StoreError::source(path, e.reason()))?;
     let mut head = [0u8; 64];
     let n = f
         .read(&mut head)
@@ -334,11 +343,13 @@ pub fn kernel_format(path: &Path) -> Result<KernelFormat> {
     ))
 }
 
-/// Check an initrd: a readable, non-empty regular file.
+/// Check an initrd: a readable, non-empty regular file (the kind check is the one `amivm boot`
+/// applies, [`files::REGULAR`]).
 pub fn check_initrd(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|e| StoreError::source(path, e.to_string()))?;
-    if !meta.is_file() || meta.len() == 0 {
-        return Err(StoreError::source(path, "is not a non-empty file"));
+    let meta = files::check(path, "initrd", files::REGULAR)
+        .map_err(|e| StoreError::source(path, e.reason()))?;
+    if meta.len() == 0 {
+        return Err(StoreError::source(path, "is empty"));
     }
     Ok(())
 }

@@ -62,6 +62,9 @@ pub const MPTABLE_START: u64 = 0x9_fc00;
 /// says an OS scans for the RSDP; the zero page and PVH start info also point at it.
 pub const ACPI_START: u64 = 0xe_0000;
 /// Start of high memory: kernels load here (Linux boot protocol `code32_start` default).
+/// Everything amivm itself writes into guest memory before the guest runs (GDT, PVH start
+/// info, zero page, boot stack, page tables, command line, MP table, ACPI tables) lies below
+/// it, so a kernel segment that starts below it is refused.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the 32-bit MMIO gap: guest RAM stops here and continues at 4 GiB.
 pub const MMIO_GAP_START: u64 = 0xc000_0000;
@@ -75,6 +78,17 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const VIRTIO_FIRST_GSI: u32 = 5;
 /// Last usable GSI: the in-kernel IOAPIC has 24 pins.
 pub const MAX_GSI: u32 = 23;
+/// Most virtio-blk drives (block device mappings) a VM can have: one GSI each, from
+/// [`VIRTIO_FIRST_GSI`] to [`MAX_GSI`].
+pub const MAX_DRIVES: usize = (MAX_GSI - VIRTIO_FIRST_GSI + 1) as usize;
+
+/// The MMIO window base and GSI of drive `index` (0 is `/dev/vda`).
+pub const fn drive_window(index: usize) -> (u64, u32) {
+    (
+        VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE,
+        VIRTIO_FIRST_GSI + index as u32,
+    )
+}
 /// The in-kernel IOAPIC's MMIO address (KVM's default, and the MP spec's usual one).
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 /// The local APIC's MMIO address (Intel SDM vol. 3, 10.4.1: IA32_APIC_BASE default).

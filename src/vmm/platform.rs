@@ -13,7 +13,6 @@
 //! Pure: no KVM. `amivm boot --dump-acpi` uses it to write the tables without a VM.
 
 use super::devices::{acpi as acpi_devices, serial, virtio};
-use super::layout::{MAX_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 use super::x86_64::acpi::{self, AcpiError, AcpiTables};
 use super::VmmError;
 use acpi_tables::aml::Scope;
@@ -48,16 +47,9 @@ pub struct Announcement {
     pub cmdline: Option<String>,
 }
 
-/// Most virtio-mmio devices: one GSI each from [`VIRTIO_FIRST_GSI`] to [`MAX_GSI`].
-pub const MAX_VIRTIO_DEVICES: usize = (MAX_GSI - VIRTIO_FIRST_GSI + 1) as usize;
-
-/// Where virtio-mmio device `index` lives: its register window's base and its GSI.
-pub fn virtio_slot(index: usize) -> (u64, u32) {
-    (
-        VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE,
-        VIRTIO_FIRST_GSI + index as u32,
-    )
-}
+/// Most virtio-mmio devices and where device `index` lives (its register window's base and its
+/// GSI): the layout's drive slots.
+pub use super::layout::{drive_window as virtio_slot, MAX_DRIVES as MAX_VIRTIO_DEVICES};
 
 /// The devices of a VM with `drives` virtio block devices, and how they are announced.
 #[derive(Debug, Clone)]

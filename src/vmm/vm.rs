@@ -21,6 +21,7 @@ use super::sandbox::{self, Role, SandboxConfig};
 use super::vcpu::{create_vcpu, run_vcpu, VcpuContext};
 use super::x86_64::{cpuid, mptable};
 use super::VmmError;
+use crate::files;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use regex::Regex;
@@ -235,13 +236,7 @@ impl Vmm {
             .first()
             .map(|d| d.config.read_only || d.backend.read_only());
         let block_devices = blockdevs::attach(&vm, &mem, &mut mmio, &mut device_events, drives)?;
-        let mut fragments = board.cmdline_fragments();
-        if let Some(ro) = root_ro {
-            if !cmdline::has_param(&config.cmdline, "root") {
-                fragments.insert(0, format!("root=/dev/vda {}", if ro { "ro" } else { "rw" }));
-            }
-        }
-        config.cmdline = cmdline::compose(Some(&config.cmdline), None, &fragments);
+        config.cmdline = cmdline::with_drives(&config.cmdline, &board.cmdline_fragments(), root_ro);
 
         let (sig, features) = cpuid::signature_and_features(&supported);
         let dsdt = board.dsdt_body();
@@ -267,15 +262,10 @@ impl Vmm {
         let events = EventSink::new(tx);
         let mut pio = Bus::new();
         let log = match &config.console.log {
+            // A regular file only: open(2) of a FIFO would block until someone reads it.
             Some(p) => Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|source| VmmError::Io {
-                        what: format!("cannot open serial log {}", p.display()),
-                        source,
-                    })?,
+                files::open(p, "serial log", files::REGULAR, files::Mode::AppendCreate)
+                    .map_err(|e| VmmError::Config(e.to_string()))?,
             ),
             None => None,
         };
@@ -488,7 +478,11 @@ impl Vmm {
     }
 
     fn wait(&self) -> VmExit {
-        let deadline = self.config.timeout.map(|t| Instant::now() + t);
+        // A deadline past what the clock can represent is no deadline.
+        let deadline = self
+            .config
+            .timeout
+            .and_then(|t| Instant::now().checked_add(t));
         let mut grace_until: Option<Instant> = None;
         loop {
             let now = Instant::now();

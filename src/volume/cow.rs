@@ -15,8 +15,10 @@
 //! The on-disk format is described in [`super::bitmap`].
 
 use super::bitmap::{align_up, DirtyBitmap, Header, BLOCK_SIZE, HEADER_LEN, MAX_IDENTITY_LEN};
+use super::lock::{lock, LockKind};
 use super::vio;
 use super::{check_range, BlockBackend, VolatileSlice, VolumeError};
+use crate::files::{self, Mode};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -31,9 +33,14 @@ pub struct CowOverlay {
     /// Data was written to the overlay since the last sync.
     data_unsynced: bool,
     read_only: bool,
+    /// The overlay file is open for writing (and locked); else the volume is always read-only.
+    writable: bool,
     serial: String,
     /// Cleared the first time the file system refuses to punch a hole; discards then write zeros.
     punch_works: bool,
+    /// Tests: drop without the final flush, as a crash would.
+    #[cfg(test)]
+    crashed: bool,
 }
 
 impl std::fmt::Debug for CowOverlay {
@@ -47,7 +54,9 @@ impl std::fmt::Debug for CowOverlay {
 }
 
 impl CowOverlay {
-    /// Open the overlay at `overlay_path` over `base`, creating it if it does not exist.
+    /// Open the overlay at `overlay_path` over `base` for writing, creating it if it does not
+    /// exist, and lock it exclusively (see [`super::lock`]): a second VM, or a second drive,
+    /// on the same overlay is refused with [`VolumeError::InUse`].
     ///
     /// `base_identity` names the base (an image file's canonical path, a snapshot id): an
     /// existing overlay is accepted only if it was made for a base of the same size and identity.
@@ -56,6 +65,26 @@ impl CowOverlay {
         base: Box<dyn BlockBackend>,
         overlay_path: &Path,
         base_identity: &str,
+    ) -> Result<Self, VolumeError> {
+        Self::open_as(base, overlay_path, base_identity, true)
+    }
+
+    /// Open the overlay read-only (creating it if it does not exist), without a lock: readers
+    /// may look at an overlay a running VM writes (`create-image --no-reboot` images what it has
+    /// flushed). The guest gets a read-only drive.
+    pub fn open_read_only(
+        base: Box<dyn BlockBackend>,
+        overlay_path: &Path,
+        base_identity: &str,
+    ) -> Result<Self, VolumeError> {
+        Self::open_as(base, overlay_path, base_identity, false)
+    }
+
+    fn open_as(
+        base: Box<dyn BlockBackend>,
+        overlay_path: &Path,
+        base_identity: &str,
+        writable: bool,
     ) -> Result<Self, VolumeError> {
         let label = overlay_path.display().to_string();
         let bad = |why: String| VolumeError::BadOverlay {
@@ -68,18 +97,22 @@ impl CowOverlay {
             )));
         }
         let base_size = base.size();
-        let file = match OpenOptions::new().read(true).write(true).open(overlay_path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                create(overlay_path, &Header::for_base(base_size, base_identity))?;
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(overlay_path)
-                    .map_err(|e| VolumeError::io(format!("open {label}"), e))?
-            }
-            Err(e) => return Err(VolumeError::io(format!("open {label}"), e)),
+        let mode = if writable {
+            Mode::ReadWrite
+        } else {
+            Mode::Read
         };
+        let file = match files::open(overlay_path, "overlay", files::REGULAR, mode) {
+            Ok(f) => f,
+            Err(e) if e.is_not_found() => {
+                create(overlay_path, &Header::for_base(base_size, base_identity))?;
+                files::open(overlay_path, "overlay", files::REGULAR, mode)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if writable {
+            lock(&file, &label, LockKind::Exclusive)?;
+        }
         let len = file
             .metadata()
             .map_err(|e| VolumeError::io(format!("stat {label}"), e))?
@@ -118,15 +151,19 @@ impl CowOverlay {
             header,
             bitmap,
             data_unsynced: false,
-            read_only: false,
+            read_only: !writable,
+            writable,
             serial,
             punch_works: true,
+            #[cfg(test)]
+            crashed: false,
         })
     }
 
-    /// Refuse guest writes (the overlay is still read for blocks written earlier).
+    /// Refuse guest writes (the overlay is still read for blocks written earlier). An overlay
+    /// opened with [`CowOverlay::open_read_only`] stays read-only.
     pub fn with_read_only(mut self, read_only: bool) -> Self {
-        self.read_only = read_only;
+        self.read_only = read_only || !self.writable;
         self
     }
 
@@ -134,6 +171,12 @@ impl CowOverlay {
     pub fn with_serial(mut self, serial: impl Into<String>) -> Self {
         self.serial = serial.into();
         self
+    }
+
+    /// Close the overlay without its final flush, as a crash leaves it (tests only).
+    #[cfg(test)]
+    pub(crate) fn crash(mut self) {
+        self.crashed = true;
     }
 
     /// Size of one overlay block: the granularity of [`CowOverlay::dirty_blocks`].
@@ -219,7 +262,9 @@ impl CowOverlay {
 }
 
 /// Make a new overlay file atomically: write it under a temporary name, sync, rename, sync the
-/// directory. A crash leaves either no overlay or a complete empty one.
+/// directory. A crash leaves either no overlay or a complete empty one. The rename never
+/// replaces a file: when two processes create the same overlay at once, both go on to open the
+/// one that got there first (and its lock lets only one of them use it).
 fn create(path: &Path, header: &Header) -> Result<(), VolumeError> {
     let label = path.display().to_string();
     let mut tmp_name = path.as_os_str().to_owned();
@@ -239,7 +284,13 @@ fn create(path: &Path, header: &Header) -> Result<(), VolumeError> {
         f.set_len(header.data_offset + align_up(header.base_size, BLOCK_SIZE))
             .map_err(|e| io("size", e))?;
         f.sync_all().map_err(|e| io("sync", e))?;
-        std::fs::rename(&tmp, path).map_err(|e| io("rename into place", e))?;
+        match rename_noreplace(&tmp, path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(());
+            }
+            r => r.map_err(|e| io("rename into place", e))?,
+        }
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -252,6 +303,36 @@ fn create(path: &Path, header: &Header) -> Result<(), VolumeError> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// rename(2) that fails with `AlreadyExists` instead of replacing `to` (renameat2
+/// RENAME_NOREPLACE). On a file system without it, a plain rename.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (f, t) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both paths are valid NUL-terminated strings that live across the call; AT_FDCWD
+    // makes them relative to the working directory like rename(2).
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS) => std::fs::rename(from, to),
+        _ => Err(err),
+    }
 }
 
 impl BlockBackend for CowOverlay {
@@ -392,6 +473,10 @@ impl BlockBackend for CowOverlay {
 impl Drop for CowOverlay {
     /// A clean shutdown keeps every write, as if the guest had flushed.
     fn drop(&mut self) {
+        #[cfg(test)]
+        if self.crashed {
+            return;
+        }
         if let Err(e) = self.flush() {
             log::warn!("overlay {}: final flush failed: {e}", self.label);
         }

@@ -7,6 +7,7 @@
 pub mod bitmap;
 pub mod cow;
 pub mod drive;
+pub mod lock;
 pub mod raw;
 mod vio;
 
@@ -40,9 +41,23 @@ pub enum VolumeError {
     /// The overlay's metadata is damaged or does not match its base.
     #[error("overlay {path}: {why}")]
     BadOverlay { path: String, why: String },
+    /// The file is not a kind a volume can be, or cannot be opened.
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
+    /// Another VM (or another drive of this one) holds the file's lock.
+    #[error("{}", in_use_message(path, *writing))]
+    InUse { path: String, writing: bool },
     /// A guest buffer handed to a vectored call could not be sliced (a caller bug, not guest input).
     #[error("guest buffer: {0}")]
     GuestBuffer(String),
+}
+
+fn in_use_message(path: &str, writing: bool) -> String {
+    if writing {
+        format!("{path} is in use by another VM or drive (a file a VM writes is locked for that VM alone)")
+    } else {
+        format!("{path} is locked for writing by another VM or drive")
+    }
 }
 
 impl VolumeError {

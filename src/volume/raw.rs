@@ -1,12 +1,16 @@
 //! A volume that is one plain file (or block device), read and written in place.
 
+use super::lock::{lock, LockKind};
 use super::vio;
 use super::{check_range, BlockBackend, VolatileSlice, VolumeError};
-use std::fs::{File, OpenOptions};
+use crate::files::{self, Mode};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// A raw image file. Opened read-only, it is never written: not even its timestamps.
+/// A raw image file or block device. Opened read-only, it is never written: not even its
+/// timestamps. While open it is locked (see [`super::lock`]): exclusively when writable, shared
+/// when read-only.
 #[derive(Debug)]
 pub struct RawFile {
     file: File,
@@ -19,14 +23,23 @@ pub struct RawFile {
 }
 
 impl RawFile {
-    /// Open `path`, read-only or read-write. The serial defaults to the file's name.
+    /// Open `path`, read-only or read-write, and lock it. It must be a regular file or a block
+    /// device (a FIFO or character device is refused before open(2) can block on it). The
+    /// serial defaults to the file's name.
     pub fn open(path: &Path, read_only: bool) -> Result<Self, VolumeError> {
         let label = path.display().to_string();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|e| VolumeError::io(format!("open {label}"), e))?;
+        let mode = if read_only {
+            Mode::Read
+        } else {
+            Mode::ReadWrite
+        };
+        let file = files::open(path, "drive", files::DISK, mode)?;
+        let kind = if read_only {
+            LockKind::Shared
+        } else {
+            LockKind::Exclusive
+        };
+        lock(&file, &label, kind)?;
         let serial = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -146,10 +146,14 @@ impl Env {
         id
     }
 
-    /// A minimal x86-64 ELF header: what the store checks of a kernel (it never runs it).
+    /// A minimal x86-64 ELF kernel that passes the checks `image create` shares with `boot`
+    /// (it is never run): the ELF header, one program header loading the whole 4160-byte file
+    /// at 1 MiB, entry just past the headers, then NOPs.
     pub fn kernel(&self) -> PathBuf {
         let p = self.path("vmlinux");
         if !p.exists() {
+            const LEN: u64 = 64 + 4096;
+            const LOAD_AT: u64 = 0x10_0000;
             let mut h = vec![0u8; 64];
             h[..4].copy_from_slice(b"\x7fELF");
             h[4] = 2; // ELFCLASS64
@@ -157,7 +161,18 @@ impl Env {
             h[6] = 1; // EV_CURRENT
             h[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
             h[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
-            h.extend(std::iter::repeat_n(0x90u8, 4096));
+            h[24..32].copy_from_slice(&(LOAD_AT + 120).to_le_bytes()); // e_entry
+            h[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+            h[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+            h[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+            h[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+            let mut ph = vec![0u8; 56];
+            ph[..4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+            ph[24..32].copy_from_slice(&LOAD_AT.to_le_bytes()); // p_paddr
+            ph[32..40].copy_from_slice(&LEN.to_le_bytes()); // p_filesz
+            ph[40..48].copy_from_slice(&LEN.to_le_bytes()); // p_memsz
+            h.extend(ph);
+            h.extend(std::iter::repeat_n(0x90u8, 4096 - 56));
             std::fs::write(&p, h).unwrap();
         }
         p

@@ -12,7 +12,7 @@ use super::output::{open_store as open, print_json};
 use super::{GlobalOpts, OutputFormat};
 use crate::store::images::DeregisterReport;
 use crate::store::manifest::DeviceDiscovery as ImageDiscovery;
-use crate::store::manifest::{parse_tag, GIB};
+use crate::store::manifest::{parse_tag, DEFAULT_CMDLINE, GIB};
 use crate::store::{AccountId, CreateImageRequest, ImageFilter, ImageId, OwnerFilter, VolumeSpec};
 use crate::vmm::DeviceDiscovery;
 use anyhow::{bail, Context};
@@ -228,6 +228,9 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
                     DeviceDiscovery::Acpi => ImageDiscovery::Acpi,
                 },
             };
+            // The rules `amivm boot` applies: an image that could never boot is refused here.
+            let cmdline = req.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+            crate::vmm::boot::check_image(&req.kernel, cmdline, 1 + req.volumes.len())?;
             let img = store.create_image(&req, &Bar::stderr())?;
             if json {
                 print_json(&json!({ "ImageId": img.image_id }))?;

@@ -84,7 +84,7 @@ pub struct RunArgs {
     /// Add to the image's kernel command line.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub append: Option<String>,
-    /// Stop the instance and exit 124 after this many seconds.
+    /// Stop the instance and exit 124 after this many seconds (at most 3153600000, 100 years).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
     /// Succeed (exit 0, VM stopped) as soon as the console output matches this regex.
@@ -112,7 +112,7 @@ pub struct StartArgs {
     /// Run in the foreground with the console attached; exit codes as for `run`.
     #[arg(long)]
     pub attach: bool,
-    /// Stop the instance after this many seconds.
+    /// Stop the instance after this many seconds (at most 3153600000, 100 years).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
     /// Stop the instance (successfully) once the console matches this regex.

@@ -3,6 +3,7 @@
 use super::super::boot::{report_exit, timeout_from};
 use super::super::{exit, GlobalOpts};
 use super::{open, RunArgs, RunInstanceArgs, StartArgs};
+use crate::files;
 use crate::instance::dir::Access;
 use crate::instance::launch::{self, BootOptions, LaunchRequest, LAUNCH_FAILED};
 use crate::instance::lock::RunLock;
@@ -33,6 +34,10 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
     }
     let timeout = timeout_from(args.timeout)?;
     let expect = parse_expect(args.expect.as_deref())?;
+    if let Some(log) = &args.serial_log {
+        // Refused before an instance exists (a FIFO would also block the VM's open).
+        files::check_if_exists(log, "serial log", files::REGULAR)?;
+    }
     let (store, caller) = open(g)?;
     let req = LaunchRequest {
         image: args.ami.clone(),
@@ -142,7 +147,7 @@ fn detach(
         .arg("--account")
         .arg(inst.owner_id.as_str())
         .arg("--log-level")
-        .arg(&g.log_level)
+        .arg(g.log_level.as_str())
         .arg("__run-instance")
         .arg(&inst.instance_id)
         .arg("--lock-fd")

@@ -1,5 +1,8 @@
 //! The kernel command line: defaults, `--cmdline` / `--append`, device fragments, checks.
 
+use crate::vmm::devices::virtio::cmdline_fragment;
+use crate::vmm::layout::drive_window;
+
 /// The default command line: serial console, reboot through the keyboard controller (which
 /// ends the VM), reboot 1 s after a panic, and an i8042 that does not probe for a mouse or a
 /// multiplexer (Firecracker uses the same set).
@@ -31,6 +34,31 @@ pub fn compose(base: Option<&str>, append: Option<&str>, fragments: &[String]) -
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The command line a VM gets: `base`, then `root=/dev/vda rw` (`ro` with `Some(true)`) when the
+/// VM has a root drive (`root_ro` is `Some`) and `base` sets no `root=`, then `device_args` (the
+/// `virtio_mmio.device=` arguments of devices announced on the command line).
+pub fn with_drives(base: &str, device_args: &[String], root_ro: Option<bool>) -> String {
+    let mut fragments = Vec::with_capacity(device_args.len() + 1);
+    if let Some(ro) = root_ro {
+        if !has_param(base, "root") {
+            fragments.push(format!("root=/dev/vda {}", if ro { "ro" } else { "rw" }));
+        }
+    }
+    fragments.extend(device_args.iter().cloned());
+    compose(Some(base), None, &fragments)
+}
+
+/// The `virtio_mmio.device=` arguments of `drives` drives announced on the command line (at
+/// [`drive_window`]): the longest command line a VM with that many drives can get.
+pub fn drive_args(drives: usize) -> Vec<String> {
+    (0..drives)
+        .map(|i| {
+            let (addr, gsi) = drive_window(i);
+            cmdline_fragment(addr, gsi)
+        })
+        .collect()
 }
 
 /// Whether the command line sets parameter `name` (as `name` or `name=...`).
@@ -76,6 +104,19 @@ mod tests {
             format!("{DEFAULT_CMDLINE} foo")
         );
         assert_eq!(compose(Some(""), None, &[]), "");
+    }
+
+    #[test]
+    fn drives_add_root_and_one_device_argument_each() {
+        assert_eq!(with_drives("quiet", &drive_args(0), None), "quiet");
+        assert_eq!(
+            with_drives("quiet", &drive_args(2), Some(true)),
+            "quiet root=/dev/vda ro virtio_mmio.device=4K@0xc0000000:5 virtio_mmio.device=4K@0xc0001000:6"
+        );
+        assert_eq!(
+            with_drives("root=/dev/vdb", &drive_args(1), Some(false)),
+            "root=/dev/vdb virtio_mmio.device=4K@0xc0000000:5"
+        );
     }
 
     #[test]

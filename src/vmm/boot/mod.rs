@@ -2,25 +2,23 @@
 //! table, the GDT, the page tables and the zero page or PVH start info, and say where the boot
 //! vCPU enters.
 
+pub mod check;
 pub mod cmdline;
 pub mod e820;
 pub mod loader;
 pub mod pvh;
 pub mod zeropage;
 
+use crate::files::{self, Mode};
 use crate::vmm::layout::{
-    BOOT_GDT_START, CMDLINE_MAX_SIZE, CMDLINE_START, MMIO_GAP_START, PVH_INFO_START,
-    PVH_MEMMAP_START, PVH_MODLIST_START, ZERO_PAGE_START,
+    BOOT_GDT_START, CMDLINE_START, MMIO_GAP_START, PVH_INFO_START, PVH_MEMMAP_START,
+    PVH_MODLIST_START, ZERO_PAGE_START,
 };
 use crate::vmm::memory::ram_ranges;
 use crate::vmm::x86_64::{acpi, gdt, mptable, paging, regs::EntryMode};
 use std::path::Path;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-/// Boot protocol 2.06 introduced `cmdline_size`; older kernels take 255 bytes (boot.rst).
-const PROTOCOL_CMDLINE_SIZE: u16 = 0x0206;
-/// Command-line limit of kernels older than protocol 2.06.
-const OLD_CMDLINE_MAX: usize = 255;
 /// Protocol 2.03 introduced `initrd_addr_max`; before it the limit is 0x37ffffff (boot.rst).
 const PROTOCOL_INITRD_ADDR_MAX: u16 = 0x0203;
 const OLD_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
@@ -50,6 +48,9 @@ pub enum BootError {
     ZeroPage(#[from] zeropage::ZeroPageError),
     #[error(transparent)]
     Pvh(#[from] pvh::PvhError),
+    /// An image's drives or command line (see [`check_image`]).
+    #[error(transparent)]
+    Check(#[from] check::CheckError),
     #[error("cannot write {what} into guest memory: {source}")]
     Write {
         what: &'static str,
@@ -101,20 +102,38 @@ fn write_bytes(
         .map_err(|source| BootError::Write { what, source })
 }
 
+/// Check an image before it is made (`amivm image create`), with the rules `amivm boot`
+/// applies: the kernel at `kernel` can boot (see [`check`]), `drives` drives are not too many,
+/// and `cmdline`, with the arguments the VMM adds for the drives, fits the kernel's limit.
+pub fn check_image(
+    kernel: &Path,
+    cmdline: &str,
+    drives: usize,
+) -> Result<check::KernelInfo, BootError> {
+    let path = kernel.display().to_string();
+    let mut f = files::open(kernel, "kernel", files::REGULAR, Mode::Read)
+        .map_err(loader::LoaderError::from)?;
+    let len = f
+        .metadata()
+        .map_err(|source| loader::LoaderError::ReadKernel {
+            path: path.clone(),
+            source,
+        })?
+        .len();
+    let info = check::check_kernel(&mut f, len)
+        .map_err(|source| loader::LoaderError::Check { path, source })?;
+    check::check_drive_count(drives)?;
+    check::check_cmdline(cmdline, drives, info.cmdline_max)?;
+    Ok(info)
+}
+
 /// Run the whole boot path into `mem`.
 pub fn setup(mem: &GuestMemoryMmap, inp: &BootInputs) -> Result<BootSetup, BootError> {
-    let kernel = loader::load_kernel(mem, inp.kernel)?;
+    let kernel = loader::load_kernel(mem, inp.kernel, inp.mem_bytes)?;
     let path = inp.kernel.display().to_string();
 
     // Command line, NUL-terminated, within the kernel's limit.
-    let max = match &kernel.setup_header {
-        Some(h) if h.version >= PROTOCOL_CMDLINE_SIZE => {
-            ({ h.cmdline_size } as usize).saturating_sub(1)
-        }
-        Some(_) => OLD_CMDLINE_MAX,
-        None => CMDLINE_MAX_SIZE - 1,
-    };
-    cmdline::validate(inp.cmdline, max)?;
+    cmdline::validate(inp.cmdline, kernel.info.cmdline_max)?;
     let mut c = inp.cmdline.as_bytes().to_vec();
     c.push(0);
     write_bytes(mem, "command line", &c, CMDLINE_START)?;
@@ -174,7 +193,14 @@ pub fn setup(mem: &GuestMemoryMmap, inp: &BootInputs) -> Result<BootSetup, BootE
         BootProtocol::Pvh => {
             let entry = kernel
                 .pvh_entry
-                .ok_or(loader::LoaderError::NoPvhNote { path })?;
+                .ok_or_else(|| loader::LoaderError::NoPvhNote { path: path.clone() })?;
+            if !kernel.info.loads(entry) {
+                return Err(loader::LoaderError::Check {
+                    path,
+                    source: check::CheckError::EntryOutside { entry },
+                }
+                .into());
+            }
             let info = pvh::build(CMDLINE_START, initrd, tables.rsdp_addr, &map)?;
             write(mem, "PVH start info", info.start_info, PVH_INFO_START)?;
             for (i, e) in info.memmap.iter().enumerate() {

@@ -254,7 +254,7 @@ fn writes_through_an_overlay_leave_the_base_alone() {
     r.dev.flush().unwrap();
     let raw = Box::new(RawFile::open(&r.path, true).unwrap());
     let overlay = r.path.parent().unwrap().join("o.cow");
-    let mut again = CowOverlay::open(raw, &overlay, "base").unwrap();
+    let mut again = CowOverlay::open_read_only(raw, &overlay, "base").unwrap();
     let mut b = [0u8; 512];
     again.read_at(&mut b, 512).unwrap();
     assert_eq!(b, [0x3c; 512]);
