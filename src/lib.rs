@@ -6,11 +6,13 @@
 //!   point of the device model and the image store.
 //! - [`store`]: the image store: images, snapshots, blobs, accounts.
 //! - [`instance`]: instances launched from images, instance types.
+//! - [`text`]: characters user text may not contain, and escaping for terminals.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod cli;
 pub mod instance;
 pub mod store;
+pub mod text;
 pub mod vmm;
 pub mod volume;

@@ -6,6 +6,7 @@
 use super::{InstanceError, Result};
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The lock file's name in the instance's directory.
@@ -26,6 +27,7 @@ impl RunLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(crate::volume::PRIVATE_FILE_MODE)
             .open(&path)
             .map_err(|e| InstanceError::io(format!("open {}", path.display()), e))?;
         loop {

@@ -18,6 +18,7 @@ use super::VmmError;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use regex::Regex;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -257,6 +258,7 @@ impl Vmm {
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
+                    .mode(crate::volume::PRIVATE_FILE_MODE)
                     .open(p)
                     .map_err(|source| VmmError::Io {
                         what: format!("cannot open serial log {}", p.display()),

@@ -234,3 +234,16 @@ fn an_overlay_can_stack_on_another_overlay() {
     assert!(back[1024..].iter().all(|&b| b == 0xee));
     fx.assert_base_untouched();
 }
+
+#[test]
+fn a_new_overlay_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new(64 * 1024);
+    drop(fx.open());
+    let mode = std::fs::metadata(fx.overlay_path())
+        .unwrap()
+        .permissions()
+        .mode();
+    // Whatever the umask (the test runs under the caller's, typically 022).
+    assert_eq!(mode & 0o777, crate::volume::PRIVATE_FILE_MODE, "{mode:o}");
+}

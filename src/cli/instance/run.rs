@@ -9,6 +9,7 @@ use crate::instance::{lifecycle, record, types, Instance, InstanceState};
 use crate::store::Store;
 use anyhow::{bail, Context};
 use regex::Regex;
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -130,6 +131,7 @@ fn detach(
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(crate::volume::PRIVATE_FILE_MODE)
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
     let fd = lock.share_with_child()?;
