@@ -23,7 +23,7 @@ fn refused(env: &Env, bundle: &Path, want: &str) {
 
 /// STRANGER's own image over a disk of `size` bytes, exported and then deregistered with its
 /// snapshots: a bundle whose ids are free again, to be edited.
-fn strangers_bundle(env: &Env, size: u64) -> Vec<(String, Vec<u8>)> {
+fn strangers_bundle(env: &Env, size: u64) -> Entries {
     let disk = env.path("mine.raw");
     make_disk(&disk, size, &[(1, 21)]);
     let ami = env.create(Some(STRANGER), "mine", &disk, &[]);
@@ -199,7 +199,7 @@ fn absurd_sizes_and_parent_loops_in_a_bundle_are_refused() {
     let (root_snap, data_snap) = (snap_of(0), snap_of(1));
     let entry = |s: &str| format!("snapshots/{s}.json");
 
-    let mut cases: Vec<(Vec<(String, Vec<u8>)>, &str)> = Vec::new();
+    let mut cases: Vec<(Entries, &str)> = Vec::new();
     // A VolumeSize of a million TiB.
     let mut e = base.clone();
     edit_json(&mut e, "image.json", |i| {

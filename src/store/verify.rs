@@ -265,7 +265,12 @@ impl Store {
             .collect();
         for s in used_snaps {
             if !users.snapshots.contains(s) && !damaged.iter().any(|d| d.id == s.as_str()) {
-                let d = users.damage("snapshot", s.to_string(), "missing".into(), &[s.clone()]);
+                let d = users.damage(
+                    "snapshot",
+                    s.to_string(),
+                    "missing".into(),
+                    std::slice::from_ref(s),
+                );
                 damaged.push(d);
             }
         }

@@ -258,8 +258,11 @@ pub fn volume_hash(env: &Env, account: Option<&str>, snap: &str) -> String {
     h
 }
 
+/// A bundle's entries (name, bytes) after its SHA256SUMS, in order.
+pub type Entries = Vec<(String, Vec<u8>)>;
+
 /// The entries of a bundle after its SHA256SUMS, in order, with their bytes.
-pub fn read_bundle(path: &Path) -> Vec<(String, Vec<u8>)> {
+pub fn read_bundle(path: &Path) -> Entries {
     use std::io::Read;
     let mut ar = tar::Archive::new(File::open(path).unwrap());
     let mut out = Vec::new();
