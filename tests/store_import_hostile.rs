@@ -213,6 +213,19 @@ fn absurd_sizes_and_parent_loops_in_a_bundle_are_refused() {
         s["VolumeSize"] = json!(1u64 << 20);
     });
     cases.push((e, "largest volume"));
+    // A kernel whose recorded size is not the blob's.
+    let mut e = base.clone();
+    edit_json(&mut e, "image.json", |i| i["Kernel"]["Size"] = json!(1));
+    cases.push((e, "bytes where"));
+    // A full chunk used as a 512-byte last chunk.
+    let mut e = base.clone();
+    edit_json(&mut e, &entry(&root_snap), |s| {
+        let h = s["Chunks"][0][1].clone();
+        s["Chunks"] = json!([[1, h]]);
+        s["SizeBytes"] = json!(CHUNK + 512);
+        s["DataBytes"] = json!(512);
+    });
+    cases.push((e, "bytes where"));
     // Its own parent.
     let mut e = base.clone();
     edit_json(&mut e, &entry(&root_snap), |s| {

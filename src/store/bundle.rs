@@ -376,7 +376,7 @@ impl Store {
                 )));
             }
             for c in &snap.chunks {
-                check_carried(&got, ObjectNs::Chunk, &c.1, Some(snap.chunk_len(c.0)))
+                check_carried(&got, ObjectNs::Chunk, &c.1, snap.chunk_len(c.0))
                     .map_err(|why| bad(format!("chunk {} of {sid} {why}", c.1)))?;
             }
             snaps.push(snap);
@@ -390,9 +390,9 @@ impl Store {
                 )));
             }
         }
-        for b in image.blobs() {
-            check_carried(&got, ObjectNs::Blob, &b, None)
-                .map_err(|why| bad(format!("blob {b} {why}")))?;
+        for b in std::iter::once(&image.kernel.blob).chain(&image.initrd) {
+            check_carried(&got, ObjectNs::Blob, &b.blob, b.size)
+                .map_err(|why| bad(format!("blob {} {why}", b.blob)))?;
         }
         check_parent_chains(&snaps, |p| {
             self.snapshot(p).ok().and_then(|s| s.parent_snapshot_id)
@@ -441,14 +441,14 @@ impl Store {
     }
 }
 
-/// Check that the bundle itself carries an object (of `len` bytes when given): linking to an
+/// Check that the bundle itself carries an object, of `len` bytes: linking to an
 /// object the store has but the bundle does not bring would hand the importer data that may
 /// belong to another account's private volume. The error completes "chunk H of snap-…".
 fn check_carried(
     got: &BTreeMap<Entry, PathBuf>,
     ns: ObjectNs,
     hash: &ContentHash,
-    len: Option<u64>,
+    len: u64,
 ) -> Result<(), String> {
     let (entry, noun) = match ns {
         ObjectNs::Chunk => (Entry::Chunk(*hash), "chunk"),
@@ -459,11 +459,9 @@ fn check_carried(
             "is not in the bundle (a bundle must carry every {noun} it uses)"
         ));
     };
-    if let Some(want) = len {
-        let have = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
-        if have != want {
-            return Err(format!("has {have} bytes where {want} are used"));
-        }
+    let have = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if have != len {
+        return Err(format!("has {have} bytes where {len} are used"));
     }
     Ok(())
 }
