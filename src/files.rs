@@ -203,7 +203,11 @@ pub fn open(
     match mode {
         Mode::Read => opts.read(true),
         Mode::ReadWrite => opts.read(true).write(true),
-        Mode::AppendCreate => opts.append(true).create(true),
+        // A file amivm creates (a console log) is its owner's only, whatever the umask.
+        Mode::AppendCreate => opts
+            .append(true)
+            .create(true)
+            .mode(crate::volume::PRIVATE_FILE_MODE),
     };
     let file = opts
         .custom_flags(libc::O_NONBLOCK)

@@ -7,6 +7,7 @@
 //! - [`store`]: the image store: images, snapshots, blobs, accounts.
 //! - [`instance`]: instances launched from images, instance types.
 //! - [`files`]: opening the files a user names, refusing FIFOs and devices before open(2).
+//! - [`text`]: characters user text may not contain, and escaping for terminals.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
@@ -14,5 +15,6 @@ pub mod cli;
 pub mod files;
 pub mod instance;
 pub mod store;
+pub mod text;
 pub mod vmm;
 pub mod volume;

@@ -10,6 +10,10 @@ pub const AMIVM_FAILED: i32 = 125;
 /// The guest crashed: triple fault, KVM internal error / emulation failure, or a kernel panic.
 pub const GUEST_CRASHED: i32 = 126;
 
+/// `amivm store verify` found damaged or missing objects (distinct from [`AMIVM_FAILED`]: the
+/// check ran, the store is damaged; like fsck's "errors left uncorrected", a small number).
+pub const STORE_DAMAGED: i32 = 1;
+
 /// The VM was stopped from the host: Ctrl-A x on the console, SIGINT or SIGTERM (128 + SIGINT,
 /// the shell convention for an interrupted command).
 pub const HOST_STOPPED: i32 = 130;

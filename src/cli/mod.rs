@@ -85,6 +85,9 @@ pub enum Command {
     Snapshot(image::SnapshotCmd),
     /// Remove chunks and blobs nothing references, and leftover temporary files.
     Gc,
+    /// Check the image store itself (`store verify`).
+    #[command(subcommand)]
+    Store(image::StoreCmd),
     #[command(flatten)]
     Instance(instance::InstanceCmd),
 }
@@ -110,6 +113,7 @@ pub fn main() -> i32 {
         Command::Image(cmd) => image::run_image(cmd, &cli.global),
         Command::Snapshot(cmd) => image::run_snapshot(cmd, &cli.global),
         Command::Gc => image::run_gc(&cli.global),
+        Command::Store(cmd) => image::run_store(cmd, &cli.global),
         Command::Instance(cmd) => instance::run(cmd, &cli.global),
     };
     match result {
@@ -214,7 +218,9 @@ pub fn one_line(e: &anyhow::Error) -> String {
             parts.push(s);
         }
     }
-    parts.join(": ").replace('\n', " ")
+    // Errors quote names, descriptions and manifests from bundles: no raw control characters
+    // reach the terminal.
+    crate::text::escape_unsafe(&parts.join(": ").replace('\n', " ")).into_owned()
 }
 
 fn init_logging(level: &str) {

@@ -2,16 +2,29 @@
 
 use super::GlobalOpts;
 use crate::store::{AccountId, Store};
+use crate::text::escape_unsafe;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-/// The opened store (`--store`, else the default directory) and the caller's account.
-pub fn open_store(g: &GlobalOpts) -> anyhow::Result<(Store, AccountId)> {
-    let dir = match &g.store {
+/// The store directory: `--store`, else the default.
+pub fn store_dir(g: &GlobalOpts) -> anyhow::Result<std::path::PathBuf> {
+    Ok(match &g.store {
         Some(d) => d.clone(),
         None => Store::default_dir()?,
-    };
-    let store = Store::open(&dir)?;
+    })
+}
+
+/// The opened store (`--store`, else the default directory) and the caller's account.
+pub fn open_store(g: &GlobalOpts) -> anyhow::Result<(Store, AccountId)> {
+    let store = Store::open(&store_dir(g)?)?;
+    let caller = store.resolve_account(g.account.as_deref())?;
+    Ok((store, caller))
+}
+
+/// The store opened read-only ([`Store::open_read_only`]) and the caller's account: for
+/// commands that only read it (export, dump, verify).
+pub fn open_store_read_only(g: &GlobalOpts) -> anyhow::Result<(Store, AccountId)> {
+    let store = Store::open_read_only(&store_dir(g)?)?;
     let caller = store.resolve_account(g.account.as_deref())?;
     Ok((store, caller))
 }
@@ -30,8 +43,15 @@ pub fn print_out(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Left-aligned columns separated by two spaces; the last column is not padded.
+/// Left-aligned columns separated by two spaces; the last column is not padded. Control
+/// characters in cells are escaped ([`crate::text::escape_unsafe`]): names and descriptions
+/// come from other accounts and must not drive the terminal.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| escape_unsafe(c).into_owned()).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -70,5 +90,12 @@ mod tests {
     fn table_aligns_columns() {
         let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
         assert_eq!(t, "A    BB\nxxx  y\n");
+    }
+
+    #[test]
+    fn table_escapes_control_characters() {
+        let t = table(&["A", "B"], &[vec!["x\x1b[2J".into(), "a\r\nb".into()]]);
+        assert_eq!(t, "A         B\nx\\x1b[2J  a\\r\\nb\n");
+        assert!(!t.contains('\x1b') && !t.contains('\r'));
     }
 }

@@ -225,7 +225,9 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
     let ok = !name.is_empty()
         && name.chars().count() <= MAX_NAME_LEN
-        && !name.chars().any(|c| c.is_control() || c.is_whitespace());
+        && !name
+            .chars()
+            .any(|c| crate::text::is_unsafe_char(c) || c.is_whitespace());
     if ok {
         Ok(())
     } else {

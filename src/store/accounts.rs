@@ -35,6 +35,12 @@ impl Store {
         if let Some(cfg) = self.read_config()? {
             return Ok(cfg.account_id);
         }
+        if self.is_read_only() {
+            return Err(StoreError::Invalid(format!(
+                "store {} has no account of its own yet (it is opened read-only): give --account",
+                self.dir().display()
+            )));
+        }
         let _lock = self.lock()?;
         if let Some(cfg) = self.read_config()? {
             return Ok(cfg.account_id);

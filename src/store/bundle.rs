@@ -8,19 +8,27 @@
 //! blobs/<sha256>             kernel, initrd
 //! chunks/<sha256>            every non-zero chunk of its snapshots, once
 //! ```
+//! Export re-hashes every chunk and blob it copies, so a damaged store object is reported
+//! instead of being exported.
+//!
 //! Import streams the tar into a staging directory, checks every entry against SHA256SUMS
-//! (and chunk and blob names against their content), checks that nothing listed is missing
-//! and that the manifests are complete and consistent, and only then commits: a tampered or
-//! truncated bundle leaves the store unchanged. Ids, owner and launch permissions are kept.
+//! (and chunk and blob names against their content), checks that nothing listed is missing,
+//! that the bundle carries every chunk and blob its manifests use (a bundle that only names
+//! the hashes of data in the store would let anyone link to another account's private
+//! volumes), and that the manifests are complete and consistent, and only then commits: a
+//! tampered, truncated or incomplete bundle leaves the store unchanged. Ids and tags are kept;
+//! as with EC2's `ImportImage`, the importing account owns the image and its snapshots, and
+//! the image is private (no launch permissions, not public).
 
 use super::accounts::can_see;
 use super::backend::ObjectNs;
 use super::error::{Result, StoreError};
-use super::fsio::{self, FileLock, LockMode};
+use super::fsio;
 use super::ids::{AccountId, ContentHash, SnapshotId};
-use super::manifest::Image;
-use super::snapshot::{Snapshot, CHUNK_SIZE};
+use super::manifest::{Image, GIB};
+use super::snapshot::{check_parent_chains, Snapshot, CHUNK_SIZE};
 use super::txn::to_json;
+use super::verify::{damaged_object, HashingReader};
 use super::{Progress, Store};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -134,7 +142,7 @@ impl Store {
             )));
         }
         // Keep gc away while objects are being read.
-        let _gc = FileLock::acquire(&self.layout().gc_lock(), LockMode::Shared)?;
+        let _gc = self.gc_shared_lock()?;
         let mut docs: Vec<(Entry, Vec<u8>)> = Vec::new();
         let info = BundleInfo {
             format: BUNDLE_FORMAT.into(),
@@ -199,8 +207,21 @@ impl Store {
                     .metadata()
                     .map_err(|err| StoreError::io("stat", &path, err))?
                     .len();
-                tar.append_data(&mut tar_header(len), e.path(), BufReader::new(file))
+                if *ns == ObjectNs::Chunk && len > CHUNK_SIZE {
+                    return Err(damaged_object(*ns, h, &format!("it has {len} bytes")));
+                }
+                // Hash what goes into the tar: a damaged object stops the export (the
+                // partial file is removed) instead of travelling as good data.
+                let mut reader = HashingReader::new(BufReader::new(file));
+                tar.append_data(&mut tar_header(len), e.path(), &mut reader)
                     .map_err(werr)?;
+                if reader.len() != len || reader.hash() != *h {
+                    return Err(damaged_object(
+                        *ns,
+                        h,
+                        "its content does not match its hash",
+                    ));
+                }
                 if *ns == ObjectNs::Chunk {
                     report.chunks += 1;
                     progress.advance(len);
@@ -219,8 +240,14 @@ impl Store {
         res.map(|_| report)
     }
 
-    /// Import a bundle written by [`Store::export_image`]. Returns the imported image.
-    pub fn import_bundle(&self, path: &Path, progress: &dyn Progress) -> Result<Image> {
+    /// Import a bundle written by [`Store::export_image`] as `caller`, who becomes the owner
+    /// of the (private) image and its snapshots. Returns the imported image.
+    pub fn import_bundle(
+        &self,
+        caller: &AccountId,
+        path: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Image> {
         let bad = |why: String| StoreError::Bundle {
             path: path.display().to_string(),
             why,
@@ -324,17 +351,24 @@ impl Store {
                 info.format, info.version
             )));
         }
-        let image: Image = serde_json::from_slice(&read_doc(&Entry::Image)?)
+        let mut image: Image = serde_json::from_slice(&read_doc(&Entry::Image)?)
             .map_err(|e| bad(format!("{IMAGE_NAME}: {e}")))?;
         image.validate().map_err(|e| bad(e.to_string()))?;
         if image.image_id.as_str() != info.image_id {
             return Err(bad("image.json does not match amivm-bundle.json".into()));
         }
+        // The importer owns what it imports, privately: whatever the bundle says about owner
+        // and sharing was decided in another store, possibly by someone else.
+        image.owner_id = caller.clone();
+        image.public = false;
+        image.launch_permissions.clear();
         let mut snaps = Vec::new();
         for sid in image.snapshot_ids().collect::<BTreeSet<_>>() {
-            let snap: Snapshot = serde_json::from_slice(&read_doc(&Entry::Snapshot(sid.clone()))?)
-                .map_err(|e| bad(format!("snapshot {sid}: {e}")))?;
-            snap.validate().map_err(|e| bad(e.to_string()))?;
+            let mut snap: Snapshot =
+                serde_json::from_slice(&read_doc(&Entry::Snapshot(sid.clone()))?)
+                    .map_err(|e| bad(format!("snapshot {sid}: {e}")))?;
+            snap.owner_id = caller.clone();
+            snap.validate_new().map_err(|e| bad(e.to_string()))?;
             if snap.snapshot_id != *sid {
                 return Err(bad(format!(
                     "snapshots/{sid}.json holds {}",
@@ -342,21 +376,28 @@ impl Store {
                 )));
             }
             for c in &snap.chunks {
-                let have = got.contains_key(&Entry::Chunk(c.1))
-                    || self.backend().object_exists(ObjectNs::Chunk, &c.1)?;
-                if !have {
-                    return Err(bad(format!("chunk {} of {sid} is missing", c.1)));
-                }
+                check_carried(&got, ObjectNs::Chunk, &c.1, snap.chunk_len(c.0))
+                    .map_err(|why| bad(format!("chunk {} of {sid} {why}", c.1)))?;
             }
             snaps.push(snap);
         }
-        for b in image.blobs() {
-            if !got.contains_key(&Entry::Blob(b))
-                && !self.backend().object_exists(ObjectNs::Blob, &b)?
-            {
-                return Err(bad(format!("blob {b} is missing")));
+        for m in &image.block_device_mappings {
+            let snap = snaps.iter().find(|s| s.snapshot_id == m.ebs.snapshot_id);
+            if let Some(s) = snap.filter(|s| m.ebs.volume_size.saturating_mul(GIB) < s.size_bytes) {
+                return Err(bad(format!(
+                    "{}: VolumeSize {} GiB is smaller than snapshot {} ({} bytes)",
+                    m.device_name, m.ebs.volume_size, s.snapshot_id, s.size_bytes
+                )));
             }
         }
+        for b in std::iter::once(&image.kernel.blob).chain(&image.initrd) {
+            check_carried(&got, ObjectNs::Blob, &b.blob, b.size)
+                .map_err(|why| bad(format!("blob {} {why}", b.blob)))?;
+        }
+        check_parent_chains(&snaps, |p| {
+            self.snapshot(p).ok().and_then(|s| s.parent_snapshot_id)
+        })
+        .map_err(|e| bad(e.to_string()))?;
         self.check_import(&image, &snaps)?;
 
         for (e, p) in &got {
@@ -400,6 +441,31 @@ impl Store {
     }
 }
 
+/// Check that the bundle itself carries an object, of `len` bytes: linking to an
+/// object the store has but the bundle does not bring would hand the importer data that may
+/// belong to another account's private volume. The error completes "chunk H of snap-…".
+fn check_carried(
+    got: &BTreeMap<Entry, PathBuf>,
+    ns: ObjectNs,
+    hash: &ContentHash,
+    len: u64,
+) -> Result<(), String> {
+    let (entry, noun) = match ns {
+        ObjectNs::Chunk => (Entry::Chunk(*hash), "chunk"),
+        ObjectNs::Blob => (Entry::Blob(*hash), "blob"),
+    };
+    let Some(path) = got.get(&entry) else {
+        return Err(format!(
+            "is not in the bundle (a bundle must carry every {noun} it uses)"
+        ));
+    };
+    let have = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    if have != len {
+        return Err(format!("has {have} bytes where {len} are used"));
+    }
+    Ok(())
+}
+
 /// Parse `"<sha256>  <path>"` lines.
 fn parse_sums(text: &str) -> Result<BTreeMap<String, ContentHash>, String> {
     let mut out = BTreeMap::new();
@@ -435,7 +501,7 @@ enum CopyError {
 
 /// Copy `r` into a new file at `dest`, returning the sha256 and length of what was copied.
 fn copy_hashing(r: &mut dyn Read, dest: &Path) -> Result<(ContentHash, u64), CopyError> {
-    let mut out = File::create(dest).map_err(CopyError::Write)?;
+    let mut out = fsio::create_private(dest).map_err(CopyError::Write)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; COPY_BUF];
     let mut len = 0u64;

@@ -3,6 +3,7 @@
 
 use super::error::{Result, StoreError};
 use super::ids::ContentHash;
+use super::manifest::{MAX_VOLUME_BYTES, MAX_VOLUME_SIZE_GIB};
 use super::snapshot::{chunk_len, ChunkEntry, CHUNK_SIZE, SECTOR_SIZE};
 use super::txn::Txn;
 use super::Progress;
@@ -22,12 +23,19 @@ pub trait ChunkSource {
     fn read_chunk(&mut self, index: u64, buf: &mut [u8]) -> Result<bool>;
 }
 
-/// Check that a source size is usable as a volume.
+/// Check that a source size is usable as a volume: whole sectors, at most
+/// [`MAX_VOLUME_BYTES`].
 pub fn check_volume_size(path: &Path, size: u64) -> Result<()> {
     if size == 0 || !size.is_multiple_of(SECTOR_SIZE) {
         return Err(StoreError::source(
             path,
             format!("size {size} bytes is not a positive multiple of {SECTOR_SIZE}-byte sectors"),
+        ));
+    }
+    if size > MAX_VOLUME_BYTES {
+        return Err(StoreError::source(
+            path,
+            format!("size {size} bytes is more than the largest volume, {MAX_VOLUME_SIZE_GIB} GiB"),
         ));
     }
     Ok(())

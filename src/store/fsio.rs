@@ -1,10 +1,50 @@
-//! File-system primitives: flock(2) locks, durable atomic writes, parallel fsync.
+//! File-system primitives: flock(2) locks, durable atomic writes, parallel fsync, and the
+//! private modes of everything the store creates.
 
 use super::error::{Result, StoreError};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+/// Mode of every directory the store creates, the store itself included: owner only
+/// (`rwx------`). Volumes of private images, overlays and console logs live there, so other
+/// Unix users must not read them whatever the umask is.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of every file the store creates: owner read/write only (`rw-------`).
+pub use crate::volume::PRIVATE_FILE_MODE;
+/// The permission bits of group and others.
+const GROUP_OTHER_BITS: u32 = 0o077;
+
+/// Create a new file (or truncate an existing one) for writing, mode [`PRIVATE_FILE_MODE`]
+/// whatever the umask.
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)
+}
+
+/// Make `dir` (an existing store directory) private: remove group and other permissions, so
+/// stores made before the store was private stop being readable by other users. A directory
+/// that cannot be changed (another user's) is left as it is, with a warning.
+pub fn make_private(dir: &Path) -> Result<()> {
+    let meta = std::fs::metadata(dir).map_err(|e| StoreError::io("stat", dir, e))?;
+    let mode = meta.permissions().mode();
+    if mode & GROUP_OTHER_BITS != 0 {
+        let private = std::fs::Permissions::from_mode(mode & !GROUP_OTHER_BITS);
+        if let Err(e) = std::fs::set_permissions(dir, private) {
+            log::warn!(
+                "{} is readable by other users and cannot be made private: {e}",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
 
 /// Lock modes of [`FileLock`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,14 +77,31 @@ impl FileLock {
         Self::lock(path, mode, false)
     }
 
+    /// Wait for the lock on an existing lock file opened read-only (a store opened
+    /// read-only: nothing is created). `None` when the file does not exist: no command has
+    /// ever taken that lock.
+    pub fn acquire_existing(path: &Path, mode: LockMode) -> Result<Option<FileLock>> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("open lock file", path, e)),
+        };
+        Self::flock(file, path, mode, true)
+    }
+
     fn lock(path: &Path, mode: LockMode, wait: bool) -> Result<Option<FileLock>> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(PRIVATE_FILE_MODE)
             .open(path)
             .map_err(|e| not_writable_or_io("open lock file", path, e))?;
+        Self::flock(file, path, mode, wait)
+    }
+
+    fn flock(file: File, path: &Path, mode: LockMode, wait: bool) -> Result<Option<FileLock>> {
         let mut op = match mode {
             LockMode::Shared => libc::LOCK_SH,
             LockMode::Exclusive => libc::LOCK_EX,
@@ -144,9 +201,14 @@ pub fn fsync_all(paths: &[PathBuf]) -> Result<()> {
     })
 }
 
-/// Create `dir` and its parents.
+/// Create `dir` and its missing parents, mode [`PRIVATE_DIR_MODE`] (as the XDG Base Directory
+/// Specification asks of the directories it names).
 pub fn mkdirs(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| not_writable_or_io("create directory", dir, e))
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(dir)
+        .map_err(|e| not_writable_or_io("create directory", dir, e))
 }
 
 /// Write `bytes` to a new file `tmp_dir/…`, fsync it, rename it to `dest`, and fsync `dest`'s
@@ -167,7 +229,11 @@ pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
 pub fn write_temp(tmp_dir: &Path, prefix: &str, bytes: &[u8]) -> Result<PathBuf> {
     let tmp = tmp_dir.join(temp_name(prefix));
     let res = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(PRIVATE_FILE_MODE)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()
     })();
@@ -221,5 +287,37 @@ mod tests {
             .unwrap()
             .is_some());
         fsync_all(&[dest.clone(), dir.path().to_path_buf()]).unwrap();
+    }
+
+    #[test]
+    fn created_files_and_directories_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let nested = dir.path().join("a/b");
+        mkdirs(&nested).unwrap();
+        assert_eq!(mode(&nested), PRIVATE_DIR_MODE);
+        assert_eq!(mode(&dir.path().join("a")), PRIVATE_DIR_MODE);
+        let f = dir.path().join("f");
+        write_atomic(dir.path(), &f, b"x").unwrap();
+        assert_eq!(mode(&f), PRIVATE_FILE_MODE);
+        drop(create_private(&dir.path().join("g")).unwrap());
+        assert_eq!(mode(&dir.path().join("g")), PRIVATE_FILE_MODE);
+        drop(FileLock::acquire(&dir.path().join("lock"), LockMode::Shared).unwrap());
+        assert_eq!(mode(&dir.path().join("lock")), PRIVATE_FILE_MODE);
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        make_private(&open).unwrap();
+        assert_eq!(mode(&open), PRIVATE_DIR_MODE);
+        assert!(
+            FileLock::acquire_existing(&dir.path().join("none"), LockMode::Shared)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            FileLock::acquire_existing(&dir.path().join("lock"), LockMode::Shared)
+                .unwrap()
+                .is_some()
+        );
     }
 }

@@ -8,7 +8,8 @@ use super::filter::{self, ImageFilter, OwnerFilter};
 use super::ids::{AccountId, ImageId, SnapshotId};
 use super::manifest::{
     self, device_name, gib_ceil, now_rfc3339, Architecture, BlockDeviceMapping, EbsBlockDevice,
-    Image, ImageState, KernelRef, GIB, MANIFEST_VERSION, ROOT_DEVICE_NAME,
+    Image, ImageState, KernelRef, GIB, MANIFEST_VERSION, MAX_VOLUME_BYTES, MAX_VOLUME_SIZE_GIB,
+    ROOT_DEVICE_NAME,
 };
 use super::source::{self, SourceKind};
 use super::txn::to_json;
@@ -124,6 +125,11 @@ impl Store {
         manifest::validate_name(&req.name)?;
         manifest::validate_description(&req.description)?;
         manifest::validate_tags(&req.tags)?;
+        if let Some(size) = req.root_size.filter(|s| *s > MAX_VOLUME_BYTES) {
+            return Err(StoreError::Invalid(format!(
+                "root size {size} bytes is more than the largest volume, {MAX_VOLUME_SIZE_GIB} GiB"
+            )));
+        }
         let format = source::kernel_format(&req.kernel)?;
         if let Some(i) = &req.initrd {
             source::check_initrd(i)?;
@@ -171,7 +177,9 @@ impl Store {
                 progress,
             )?;
             let size = opened.reader.size();
-            let desc = format!("{} of image {} from {}", dev, req.name, src.display());
+            // The path is the user's, and may hold any byte: keep the description printable.
+            let src_name = crate::text::escape_unsafe(&src.display().to_string()).into_owned();
+            let desc = format!("{} of image {} from {src_name}", dev, req.name);
             let snap = txn.stage_snapshot(&req.owner, size, chunks, None, &desc)?;
             let mut volume_size = gib_ceil(size);
             if is_root && root_kind != SourceKind::Directory {

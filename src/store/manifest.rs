@@ -5,6 +5,7 @@
 
 use super::error::{Result, StoreError};
 use super::ids::{AccountId, ContentHash, ImageId, SnapshotId};
+use crate::text::find_unsafe_char;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -31,6 +32,11 @@ pub const ROOT_DEVICE_NAME: &str = "/dev/vda";
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 root=/dev/vda rw";
 /// Bytes in a GiB: EC2 volume sizes are whole GiB.
 pub const GIB: u64 = 1 << 30;
+/// The largest volume, in GiB: 16 TiB, the largest EBS gp3 (and gp2) volume (EC2 `CreateVolume`,
+/// parameter `Size`). Bigger `VolumeSize`s and `--size`s are refused.
+pub const MAX_VOLUME_SIZE_GIB: u64 = 16 * 1024;
+/// [`MAX_VOLUME_SIZE_GIB`] in bytes.
+pub const MAX_VOLUME_BYTES: u64 = MAX_VOLUME_SIZE_GIB * GIB;
 
 /// The only architecture amivm runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +228,11 @@ impl Image {
         validate_name(&self.name).map_err(|e| bad(e.to_string()))?;
         validate_description(&self.description).map_err(|e| bad(e.to_string()))?;
         validate_tags(&self.tags).map_err(|e| bad(e.to_string()))?;
+        for (what, v) in [("OsName", &self.os_name), ("OsVersion", &self.os_version)] {
+            if let Some(c) = v.as_deref().and_then(find_unsafe_char) {
+                return Err(bad(format!("{what} contains {}", char_name(c))));
+            }
+        }
         time::OffsetDateTime::parse(
             &self.creation_date,
             &time::format_description::well_known::Rfc3339,
@@ -244,8 +255,11 @@ impl Image {
             if !seen.insert(&m.device_name) {
                 return Err(bad(format!("device {} mapped twice", m.device_name)));
             }
-            if m.ebs.volume_size == 0 {
-                return Err(bad(format!("device {} has VolumeSize 0", m.device_name)));
+            if m.ebs.volume_size == 0 || m.ebs.volume_size > MAX_VOLUME_SIZE_GIB {
+                return Err(bad(format!(
+                    "device {} has VolumeSize {} (1 to {MAX_VOLUME_SIZE_GIB} GiB)",
+                    m.device_name, m.ebs.volume_size
+                )));
             }
         }
         Ok(())
@@ -267,7 +281,13 @@ pub fn device_index(name: &str) -> Option<usize> {
     }
 }
 
-/// Check an image name against EC2's rules.
+/// How an error names a character: `U+001B`.
+pub fn char_name(c: char) -> String {
+    format!("character U+{:04X}", u32::from(c))
+}
+
+/// Check an image name against EC2's rules, and that it cannot be taken for an image or
+/// snapshot id (such a name could never be looked up by name).
 pub fn validate_name(name: &str) -> Result<()> {
     let n = name.chars().count();
     if !(NAME_MIN_LEN..=NAME_MAX_LEN).contains(&n) {
@@ -280,7 +300,13 @@ pub fn validate_name(name: &str) -> Result<()> {
         .find(|c| !c.is_ascii_alphanumeric() && !NAME_PUNCTUATION.contains(*c))
     {
         return Err(StoreError::Invalid(format!(
-            "invalid image name '{name}': character '{c}' is not allowed (use letters, digits and {NAME_PUNCTUATION:?})"
+            "invalid image name {name:?}: {} is not allowed (use letters, digits and {NAME_PUNCTUATION:?})",
+            char_name(c)
+        )));
+    }
+    if ImageId::looks_like(name) || SnapshotId::looks_like(name) {
+        return Err(StoreError::Invalid(format!(
+            "invalid image name '{name}': it has the form of an id, so it could only be looked up as one"
         )));
     }
     Ok(())
@@ -291,6 +317,12 @@ pub fn validate_description(d: &str) -> Result<()> {
     if d.chars().count() > DESCRIPTION_MAX_LEN {
         return Err(StoreError::Invalid(format!(
             "description is longer than {DESCRIPTION_MAX_LEN} characters"
+        )));
+    }
+    if let Some(c) = find_unsafe_char(d) {
+        return Err(StoreError::Invalid(format!(
+            "description contains {}: control and bidirectional characters are not allowed",
+            char_name(c)
         )));
     }
     Ok(())
@@ -317,6 +349,12 @@ pub fn validate_tags(tags: &BTreeMap<String, String>) -> Result<()> {
         if v.chars().count() > TAG_VALUE_MAX_LEN {
             return Err(StoreError::Invalid(format!(
                 "tag '{k}': value longer than {TAG_VALUE_MAX_LEN} characters"
+            )));
+        }
+        if let Some(c) = find_unsafe_char(k).or_else(|| find_unsafe_char(v)) {
+            return Err(StoreError::Invalid(format!(
+                "tag {k:?}: {} is not allowed (no control or bidirectional characters)",
+                char_name(c)
             )));
         }
     }
@@ -359,6 +397,30 @@ mod tests {
         assert!(validate_name(&"a".repeat(128)).is_ok());
         assert!(validate_name("bad*name").is_err());
         assert!(validate_name("tab\tname").is_err());
+        // Id-shaped names would be unreachable by name; near misses stay names.
+        assert!(validate_name("ami-0123456789abcdef0").is_err());
+        assert!(validate_name("snap-0123456789abcdef0").is_err());
+        assert!(validate_name("ami-web").is_ok());
+        assert!(validate_name("ami-0123456789abcdef").is_ok());
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_text() {
+        assert!(validate_description("web tier, v2 (é)").is_ok());
+        for d in [
+            "a\x1b[2J",
+            "line\nbreak",
+            "cr\r",
+            "csi\u{9b}",
+            "rlo\u{202e}",
+        ] {
+            let e = validate_description(d).unwrap_err().to_string();
+            assert!(e.contains("character U+"), "{e}");
+        }
+        let tags = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        assert!(validate_tags(&tags("env", "dev")).is_ok());
+        assert!(validate_tags(&tags("env", "d\x1bev")).is_err());
+        assert!(validate_tags(&tags("e\nnv", "dev")).is_err());
     }
 
     #[test]

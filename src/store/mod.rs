@@ -78,6 +78,7 @@ pub mod snapshot;
 pub mod snapshots;
 pub mod source;
 pub mod txn;
+pub mod verify;
 pub mod view;
 
 pub use backend::{Collection, LocalDir, ObjectNs, ObjectStore};
@@ -93,6 +94,7 @@ pub use manifest::{
 pub use records::{Record, StoreRefs};
 pub use snapshot::{ChunkEntry, Snapshot, SnapshotState, CHUNK_SIZE};
 pub use txn::Txn;
+pub use verify::VerifyReport;
 pub use view::SnapshotView;
 
 use fsio::{FileLock, LockMode};
@@ -124,6 +126,8 @@ impl Progress for NoProgress {
 pub struct Store {
     layout: Layout,
     backend: Arc<dyn ObjectStore>,
+    /// Opened with [`Store::open_read_only`]: nothing may be created or changed.
+    read_only: bool,
 }
 
 impl Store {
@@ -134,7 +138,8 @@ impl Store {
     }
 
     /// Open the store in `dir`, creating it on first use, and finish any commit that a crash
-    /// interrupted.
+    /// interrupted. The store directory and everything it creates are private to the user
+    /// (modes [`fsio::PRIVATE_DIR_MODE`] and [`fsio::PRIVATE_FILE_MODE`]).
     pub fn open(dir: &Path) -> Result<Store> {
         let layout = Layout::new(dir);
         let backend = Arc::new(LocalDir::new(layout.clone()));
@@ -148,11 +153,69 @@ impl Store {
         for d in layout.skeleton() {
             fsio::mkdirs(&d)?;
         }
-        let store = Store { layout, backend };
+        fsio::make_private(layout.root())?;
+        let store = Store {
+            layout,
+            backend,
+            read_only: false,
+        };
         if store.backend.needs_recovery() {
             drop(store.lock()?);
         }
         Ok(store)
+    }
+
+    /// Open an existing store for reading only (export, dump, verify): nothing is created in
+    /// it, no lock file is written, and it may be on a read-only file system or belong to a
+    /// user who only lets us read it. Refused if a commit interrupted by a crash is waiting to
+    /// be finished and the store cannot be written.
+    pub fn open_read_only(dir: &Path) -> Result<Store> {
+        let layout = Layout::new(dir);
+        if !layout.dir(layout::SNAPSHOTS_DIR).is_dir() {
+            return Err(StoreError::NotFound(format!(
+                "there is no image store in {}",
+                dir.display()
+            )));
+        }
+        let backend = Arc::new(LocalDir::new(layout.clone()));
+        if backend.needs_recovery() {
+            Store::open(dir).map_err(|e| {
+                StoreError::Invalid(format!(
+                    "store {} has an interrupted commit to finish, which needs write access: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        Ok(Store {
+            layout,
+            backend,
+            read_only: true,
+        })
+    }
+
+    /// Whether the store was opened with [`Store::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn refuse_if_read_only(&self) -> Result<()> {
+        if self.read_only {
+            return Err(StoreError::Invalid(format!(
+                "store {} is opened read-only",
+                self.dir().display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Hold `gc.lock` shared while reading objects, so gc cannot delete them meanwhile. A
+    /// read-only store takes it on the existing lock file, if there is one.
+    pub fn gc_shared_lock(&self) -> Result<Option<FileLock>> {
+        if self.read_only {
+            FileLock::acquire_existing(&self.layout.gc_lock(), LockMode::Shared)
+        } else {
+            FileLock::acquire(&self.layout.gc_lock(), LockMode::Shared).map(Some)
+        }
     }
 
     /// The store's directory.
@@ -176,6 +239,7 @@ impl Store {
     /// Take the store lock (exclusive) and finish any interrupted commit. Not re-entrant:
     /// never call a mutating store method while holding it.
     pub fn lock(&self) -> Result<FileLock> {
+        self.refuse_if_read_only()?;
         let lock = FileLock::acquire(&self.layout.lock(), LockMode::Exclusive)?;
         self.backend.recover()?;
         Ok(lock)
@@ -183,6 +247,7 @@ impl Store {
 
     /// Start a transaction (see [`Txn`]).
     pub fn begin(&self) -> Result<Txn<'_>> {
+        self.refuse_if_read_only()?;
         Txn::begin(self)
     }
 

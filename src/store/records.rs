@@ -54,6 +54,8 @@ pub struct RecordRefs {
     /// Each referenced snapshot and one record (`KIND/ID`) that uses it.
     pub snapshot_users: BTreeMap<SnapshotId, String>,
     pub blobs: BTreeSet<ContentHash>,
+    /// Each referenced blob and one record that uses it.
+    pub blob_users: BTreeMap<ContentHash, String>,
 }
 
 fn check_kind(kind: &str) -> Result<()> {
@@ -218,7 +220,12 @@ impl Store {
                         .entry(s)
                         .or_insert_with(|| format!("{kind}/{}", rec.id));
                 }
-                out.blobs.extend(rec.refs.blobs);
+                for b in rec.refs.blobs {
+                    out.blob_users
+                        .entry(b)
+                        .or_insert_with(|| format!("{kind}/{}", rec.id));
+                    out.blobs.insert(b);
+                }
             }
         }
         Ok(out)

@@ -2,8 +2,12 @@
 
 use super::error::{Result, StoreError};
 use super::ids::{AccountId, ContentHash, SnapshotId};
-use super::manifest::MANIFEST_VERSION;
+use super::manifest::{
+    char_name, gib_ceil, MANIFEST_VERSION, MAX_VOLUME_BYTES, MAX_VOLUME_SIZE_GIB,
+};
+use crate::text::find_unsafe_char;
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 
 /// Chunk size: 512 KiB, the block size of EBS snapshots (the EBS direct APIs'
 /// `BlockSize`, 524288 bytes).
@@ -128,6 +132,64 @@ impl Snapshot {
         }
         Ok(())
     }
+
+    /// The checks a new manifest must pass before it is written (create, copy, import), on
+    /// top of [`Snapshot::validate`]: at most [`MAX_VOLUME_BYTES`], a `VolumeSize` that
+    /// matches the size, not its own parent, and a description safe to print. (Reads only
+    /// [`Snapshot::validate`], so a store written before these checks stays readable.)
+    pub fn validate_new(&self) -> Result<()> {
+        self.validate()?;
+        let bad = |why: String| StoreError::corrupt(format!("snapshot {}", self.snapshot_id), why);
+        if self.size_bytes > MAX_VOLUME_BYTES {
+            return Err(bad(format!(
+                "size {} bytes is more than the largest volume, {MAX_VOLUME_SIZE_GIB} GiB",
+                self.size_bytes
+            )));
+        }
+        if self.volume_size != gib_ceil(self.size_bytes) {
+            return Err(bad(format!(
+                "VolumeSize {} GiB does not match its {} bytes",
+                self.volume_size, self.size_bytes
+            )));
+        }
+        if self.parent_snapshot_id.as_ref() == Some(&self.snapshot_id) {
+            return Err(bad("it is its own parent".into()));
+        }
+        if let Some(c) = find_unsafe_char(&self.description) {
+            return Err(bad(format!("its description contains {}", char_name(c))));
+        }
+        Ok(())
+    }
+}
+
+/// Refuse snapshots whose parent chain loops: follow each one's `ParentSnapshotId` through
+/// `new` first, then through `parent_of` (the parents of snapshots already stored; `None` ends
+/// the chain), and fail if a snapshot comes back.
+pub fn check_parent_chains(
+    new: &[Snapshot],
+    parent_of: impl Fn(&SnapshotId) -> Option<SnapshotId>,
+) -> Result<()> {
+    let in_new: HashMap<&SnapshotId, Option<&SnapshotId>> = new
+        .iter()
+        .map(|s| (&s.snapshot_id, s.parent_snapshot_id.as_ref()))
+        .collect();
+    for s in new {
+        let mut seen = HashSet::from([s.snapshot_id.clone()]);
+        let mut cur = s.parent_snapshot_id.clone();
+        while let Some(p) = cur {
+            if !seen.insert(p.clone()) {
+                return Err(StoreError::corrupt(
+                    format!("snapshot {}", s.snapshot_id),
+                    format!("its chain of parent snapshots loops back to {p}"),
+                ));
+            }
+            cur = match in_new.get(&p) {
+                Some(pp) => pp.cloned(),
+                None => parent_of(&p),
+            };
+        }
+    }
+    Ok(())
 }
 
 /// Length of chunk `index` of a volume of `size` bytes.
@@ -172,6 +234,60 @@ mod tests {
         bad.chunks.push(ChunkEntry(2, h));
         assert!(bad.validate().is_err());
         assert!(snap(1000, vec![]).validate().is_err());
+    }
+
+    #[test]
+    fn new_manifests_have_sane_sizes_and_parents() {
+        let h = ContentHash::of(b"x");
+        let s = snap(CHUNK_SIZE, vec![ChunkEntry(0, h)]);
+        s.validate_new().unwrap();
+        let mut own_parent = s.clone();
+        own_parent.parent_snapshot_id = Some(s.snapshot_id.clone());
+        assert!(own_parent.validate().is_ok(), "reads stay lenient");
+        let e = own_parent.validate_new().unwrap_err().to_string();
+        assert!(e.contains("its own parent"), "{e}");
+        let mut huge = snap(MAX_VOLUME_BYTES + SECTOR_SIZE, vec![]);
+        huge.volume_size = gib_ceil(huge.size_bytes);
+        assert!(huge
+            .validate_new()
+            .unwrap_err()
+            .to_string()
+            .contains("largest volume"));
+        let mut lying = s.clone();
+        lying.volume_size = 1 << 40;
+        assert!(lying.validate_new().is_err());
+        let mut esc = s.clone();
+        esc.description = "x\x1b[2J".into();
+        assert!(esc.validate_new().is_err());
+    }
+
+    #[test]
+    fn parent_cycles_are_found() {
+        let mk = |parent: Option<&Snapshot>| {
+            let mut s = snap(CHUNK_SIZE, vec![]);
+            s.parent_snapshot_id = parent.map(|p| p.snapshot_id.clone());
+            s
+        };
+        let root = mk(None);
+        let child = mk(Some(&root));
+        let grandchild = mk(Some(&child));
+        // A chain into the store that ends is fine.
+        check_parent_chains(&[child.clone(), grandchild.clone()], |_| None).unwrap();
+        // Two new snapshots that are each other's parent.
+        let mut a = mk(None);
+        let mut b = mk(Some(&a));
+        a.parent_snapshot_id = Some(b.snapshot_id.clone());
+        let e = check_parent_chains(&[a.clone(), b.clone()], |_| None).unwrap_err();
+        assert!(e.to_string().contains("loops back"), "{e}");
+        // A new snapshot whose stored ancestor names the new one as its parent.
+        b.parent_snapshot_id = Some(root.snapshot_id.clone());
+        let (rid, bid) = (root.snapshot_id.clone(), b.snapshot_id.clone());
+        let e = check_parent_chains(&[b], move |p| (*p == rid).then(|| bid.clone()));
+        assert!(e.is_err());
+        // Its own parent.
+        let mut own = mk(None);
+        own.parent_snapshot_id = Some(own.snapshot_id.clone());
+        assert!(check_parent_chains(&[own], |_| None).is_err());
     }
 
     #[test]

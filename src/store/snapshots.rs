@@ -1,13 +1,15 @@
 //! Snapshot operations: create (full or incremental), list, who uses one, delete, dump.
 
 use super::accounts::can_see_snapshot;
+use super::backend::ObjectNs;
 use super::backend::{Collection, DocOp};
 use super::chunker::{chunk_volume, BackendSource, ChunkPlan};
 use super::error::{Result, StoreError};
-use super::ids::{AccountId, SnapshotId};
+use super::ids::{AccountId, ContentHash, SnapshotId};
 use super::manifest::{gib_ceil, now_rfc3339, MANIFEST_VERSION};
 use super::snapshot::{ChunkEntry, Snapshot, SnapshotState, CHUNK_SIZE};
 use super::txn::Txn;
+use super::verify::damaged_object;
 use super::{NoProgress, Progress, Store};
 use crate::volume::BlockBackend;
 use std::collections::BTreeMap;
@@ -211,6 +213,7 @@ impl Store {
     }
 
     /// Write a snapshot's volume to `out` as a sparse raw file (zero chunks become holes).
+    /// Every chunk is checked against its hash: a damaged store fails the dump.
     pub fn dump_snapshot(
         &self,
         snap: &Snapshot,
@@ -235,7 +238,16 @@ impl Store {
             progress.start("writing", snap.data_bytes);
             for c in &snap.chunks {
                 let len = snap.chunk_len(c.0) as usize;
-                view.read_at(&mut buf[..len], c.0 * CHUNK_SIZE)?;
+                view.read_at(&mut buf[..len], c.0 * CHUNK_SIZE)
+                    .map_err(|e| damaged_object(ObjectNs::Chunk, &c.1, &e.to_string()))?;
+                // Hashing a chunk costs far less than writing it: never dump damaged data.
+                if ContentHash::of(&buf[..len]) != c.1 {
+                    return Err(damaged_object(
+                        ObjectNs::Chunk,
+                        &c.1,
+                        "its content does not match its hash",
+                    ));
+                }
                 f.write_all_at(&buf[..len], c.0 * CHUNK_SIZE)
                     .map_err(|e| StoreError::io("write", &tmp, e))?;
                 progress.advance(len as u64);

@@ -5,7 +5,6 @@ use super::chunker::{ChunkSource, Qcow2Source, RawSource, QCOW2_MAGIC};
 use super::error::{Result, StoreError};
 use super::manifest::KernelFormat;
 use crate::files;
-use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -196,7 +195,7 @@ pub fn mkfs_ext4_from_dir(dir: &Path, out: &Path, size: Option<u64>) -> Result<(
             ),
         ));
     }
-    let f = File::create(out).map_err(|e| StoreError::io("create", out, e))?;
+    let f = super::fsio::create_private(out).map_err(|e| StoreError::io("create", out, e))?;
     f.set_len(size)
         .map_err(|e| StoreError::io("size", out, e))?;
     drop(f);
@@ -251,6 +250,9 @@ pub fn parse_os_release(text: &str) -> Option<OsRelease> {
             .replace("\\\"", "\"")
             .replace("\\$", "$")
             .replace("\\\\", "\\");
+        // The file comes from the image's root file system, which anyone may have built:
+        // control characters are kept visible but harmless.
+        let v = crate::text::escape_unsafe(&v).into_owned();
         vars.insert(k.trim().to_string(), v);
     }
     let name = vars.get("NAME").or_else(|| vars.get("ID")).cloned();
@@ -368,6 +370,8 @@ mod tests {
         assert_eq!(os.name.as_deref(), Some("alpine"));
         assert_eq!(os.version.as_deref(), Some("3.19 x"));
         assert!(parse_os_release("garbage\n").is_none());
+        let os = parse_os_release("NAME=\"Evil\x1b[2J\"\n").unwrap();
+        assert_eq!(os.name.as_deref(), Some("Evil\\x1b[2J"));
     }
 
     #[test]

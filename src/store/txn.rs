@@ -77,7 +77,8 @@ impl<'s> Txn<'s> {
             return Ok(());
         }
         let p = self.dir.join(hash.to_hex());
-        let mut f = File::create(&p).map_err(|e| fsio::not_writable_or_io("create", &p, e))?;
+        let mut f =
+            fsio::create_private(&p).map_err(|e| fsio::not_writable_or_io("create", &p, e))?;
         f.write_all(data)
             .map_err(|e| fsio::not_writable_or_io("write", &p, e))?;
         // Start writing it back now, so the fsync at commit finds little left to do.
@@ -110,7 +111,7 @@ impl<'s> Txn<'s> {
         let mut input = File::open(src).map_err(|e| StoreError::source(src, e.to_string()))?;
         let tmp = self.dir.join(fsio::temp_name("blob"));
         let mut out =
-            File::create(&tmp).map_err(|e| fsio::not_writable_or_io("create", &tmp, e))?;
+            fsio::create_private(&tmp).map_err(|e| fsio::not_writable_or_io("create", &tmp, e))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; COPY_BUF];
         let mut size = 0u64;
@@ -139,7 +140,7 @@ impl<'s> Txn<'s> {
 
     /// Stage a snapshot manifest.
     pub fn put_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
-        snap.validate()?;
+        snap.validate_new()?;
         self.docs.push(DocOp::Put {
             collection: Collection::Snapshots,
             id: snap.snapshot_id.to_string(),

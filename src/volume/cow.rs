@@ -20,7 +20,7 @@ use super::vio;
 use super::{check_range, BlockBackend, VolatileSlice, VolumeError};
 use crate::files::{self, Mode};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// A base volume seen through a writable overlay file.
@@ -276,6 +276,7 @@ fn create(path: &Path, header: &Header) -> Result<(), VolumeError> {
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(super::PRIVATE_FILE_MODE)
         .open(&tmp)
         .map_err(|e| io("create", e))?;
     let result = (|| {

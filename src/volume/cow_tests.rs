@@ -283,3 +283,16 @@ fn create_keeps_an_overlay_that_already_exists() {
     let mut ov = fx.open();
     assert_eq!(read(&mut ov, 4096, 4096), vec![0x42; 4096]);
 }
+
+#[test]
+fn a_new_overlay_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = Fixture::new(64 * 1024);
+    drop(fx.open());
+    let mode = std::fs::metadata(fx.overlay_path())
+        .unwrap()
+        .permissions()
+        .mode();
+    // Whatever the umask (the test runs under the caller's, typically 022).
+    assert_eq!(mode & 0o777, crate::volume::PRIVATE_FILE_MODE, "{mode:o}");
+}

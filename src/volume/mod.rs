@@ -18,6 +18,11 @@ pub use vm_memory::VolatileSlice;
 
 use thiserror::Error;
 
+/// Mode of the files amivm creates that hold guest data (overlays, console logs, the image
+/// store's chunks): owner read/write only, whatever the umask, so other Unix users cannot read
+/// an instance's disk or console.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
 /// Size of the bounce buffer the default [`BlockBackend::read_vectored_at`] and
 /// [`BlockBackend::write_vectored_at`] copy through (a tuning choice, not a format).
 const BOUNCE_LEN: usize = 64 * 1024;

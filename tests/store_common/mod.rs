@@ -272,3 +272,100 @@ pub fn volume_hash(env: &Env, account: Option<&str>, snap: &str) -> String {
     std::fs::remove_file(&out).unwrap();
     h
 }
+
+/// A bundle's entries (name, bytes) after its SHA256SUMS, in order.
+pub type Entries = Vec<(String, Vec<u8>)>;
+
+/// The entries of a bundle after its SHA256SUMS, in order, with their bytes.
+pub fn read_bundle(path: &Path) -> Entries {
+    use std::io::Read;
+    let mut ar = tar::Archive::new(File::open(path).unwrap());
+    let mut out = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        let mut bytes = Vec::new();
+        e.read_to_end(&mut bytes).unwrap();
+        if name != "SHA256SUMS" {
+            out.push((name, bytes));
+        }
+    }
+    out
+}
+
+/// Write a bundle of `entries` with a correct SHA256SUMS first: what someone crafting a
+/// bundle by hand produces (every checksum right, the content whatever they chose).
+pub fn write_bundle(path: &Path, entries: &[(String, Vec<u8>)]) {
+    let sums: String = entries
+        .iter()
+        .map(|(n, b)| format!("{}  {n}\n", hex::encode(Sha256::digest(b))))
+        .collect();
+    let mut tar = tar::Builder::new(File::create(path).unwrap());
+    let mut add = |name: &str, bytes: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, name, bytes).unwrap();
+    };
+    add("SHA256SUMS", sums.as_bytes());
+    for (n, b) in entries {
+        add(n, b);
+    }
+    tar.finish().unwrap();
+}
+
+/// Rewrite the JSON entry `name` of a bundle's entries with `f`.
+pub fn edit_json(
+    entries: &mut [(String, Vec<u8>)],
+    name: &str,
+    f: impl FnOnce(&mut serde_json::Value),
+) {
+    let e = entries
+        .iter_mut()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("no entry {name}"));
+    let mut v: serde_json::Value = serde_json::from_slice(&e.1).unwrap();
+    f(&mut v);
+    e.1 = serde_json::to_vec_pretty(&v).unwrap();
+}
+
+/// The name of the (only) snapshot manifest entry of a bundle's entries.
+pub fn snapshot_entry(entries: &[(String, Vec<u8>)]) -> String {
+    let names: Vec<&String> = entries
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.starts_with("snapshots/"))
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    names[0].clone()
+}
+
+/// A snapshot manifest straight from the store's files (what `snapshot show` would print to
+/// its owner).
+pub fn stored_snapshot(env: &Env, snap: &str) -> serde_json::Value {
+    let p = env.store.join("snapshots").join(format!("{snap}.json"));
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// Every file and directory of the store with its permission bits.
+pub fn modes(dir: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = vec![(
+        dir.to_path_buf(),
+        std::fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+    )];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            out.push((p.clone(), meta.permissions().mode() & 0o777));
+            if meta.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

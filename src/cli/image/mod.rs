@@ -7,12 +7,17 @@
 
 mod progress;
 mod render;
+mod verify;
 
-use super::output::{open_store as open, print_json};
+pub use verify::{run_store, StoreCmd};
+
+use super::output::{open_store as open, open_store_read_only, print_json};
 use super::{GlobalOpts, OutputFormat};
 use crate::store::images::DeregisterReport;
 use crate::store::manifest::DeviceDiscovery as ImageDiscovery;
-use crate::store::manifest::{parse_tag, DEFAULT_CMDLINE, GIB};
+use crate::store::manifest::{
+    parse_tag, DEFAULT_CMDLINE, GIB, MAX_VOLUME_BYTES, MAX_VOLUME_SIZE_GIB,
+};
 use crate::store::{AccountId, CreateImageRequest, ImageFilter, ImageId, OwnerFilter, VolumeSpec};
 use crate::vmm::DeviceDiscovery;
 use anyhow::{bail, Context};
@@ -66,14 +71,16 @@ pub enum ImageCmd {
         #[arg(long)]
         delete_snapshots: bool,
     },
-    /// Write an image, its snapshots, chunks and blobs to a tar bundle.
+    /// Write an image, its snapshots, chunks and blobs to a tar bundle (every chunk and blob
+    /// is checked against its hash; the store is only read).
     Export {
         ami: String,
         /// The bundle to write.
         #[arg(short = 'o', long = "output-file", value_name = "FILE.tar")]
         out: PathBuf,
     },
-    /// Import a bundle written by `image export`, verifying every hash first.
+    /// Import a bundle written by `image export`, verifying every hash first. You own the
+    /// imported image, and it is private.
     Import {
         /// The bundle to read.
         file: PathBuf,
@@ -149,7 +156,7 @@ pub enum SnapshotCmd {
     Show { snapshot: String },
     /// Delete a snapshot you own that no image or instance uses.
     Rm { snapshot: String },
-    /// Write a snapshot's volume to a sparse raw file.
+    /// Write a snapshot's volume to a sparse raw file (every chunk is checked against its hash).
     Dump {
         snapshot: String,
         #[arg(short = 'o', long = "output-file", value_name = "FILE")]
@@ -161,7 +168,7 @@ pub enum SnapshotCmd {
 const FS_BLOCK: u64 = 4096;
 
 /// Parse `--size`: a number of GiB, or a number with a K/M/G/T unit (binary), rounded up to
-/// a 4 KiB block.
+/// a 4 KiB block; at most [`MAX_VOLUME_SIZE_GIB`].
 pub fn parse_size(s: &str) -> anyhow::Result<u64> {
     let t = s.trim();
     let split = t
@@ -180,8 +187,13 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
         .ok()
         .filter(|n: &f64| n.is_finite() && *n > 0.0)
         .with_context(|| format!("--size '{s}' is not a positive size"))?;
-    let bytes = (n * mult as f64).ceil() as u64;
-    Ok(bytes.div_ceil(FS_BLOCK) * FS_BLOCK)
+    let bytes = (n * mult as f64).ceil();
+    // Compare as floats: the conversion to u64 saturates, and rounding up to a block could
+    // then wrap around to 0.
+    if bytes > MAX_VOLUME_BYTES as f64 {
+        bail!("--size '{s}' is more than the largest volume, {MAX_VOLUME_SIZE_GIB} GiB");
+    }
+    Ok((bytes as u64).div_ceil(FS_BLOCK) * FS_BLOCK)
 }
 
 fn parse_tags(tags: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -198,8 +210,12 @@ fn parse_accounts(v: &[String]) -> anyhow::Result<Vec<AccountId>> {
 }
 
 pub fn run_image(cmd: ImageCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
-    let (store, caller) = open(g)?;
     let json = g.output == OutputFormat::Json;
+    // Export only reads: it works on a read-only store and creates nothing in it.
+    let (store, caller) = match cmd {
+        ImageCmd::Export { .. } => open_store_read_only(g)?,
+        _ => open(g)?,
+    };
     match cmd {
         ImageCmd::Create(a) => {
             let volumes = a
@@ -326,7 +342,7 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
             }
         }
         ImageCmd::Import { file } => {
-            let img = store.import_bundle(&file, &Bar::stderr())?;
+            let img = store.import_bundle(&caller, &file, &Bar::stderr())?;
             if json {
                 print_json(&json!({ "ImageId": img.image_id }))?;
             } else {
@@ -385,8 +401,12 @@ fn print_deregister(id: &ImageId, r: &DeregisterReport, json: bool) -> anyhow::R
 }
 
 pub fn run_snapshot(cmd: SnapshotCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
-    let (store, caller) = open(g)?;
     let json = g.output == OutputFormat::Json;
+    // Like export, dump only reads the store.
+    let (store, caller) = match cmd {
+        SnapshotCmd::Dump { .. } => open_store_read_only(g)?,
+        _ => open(g)?,
+    };
     match cmd {
         SnapshotCmd::Ls => {
             let snaps = store.list_snapshots(&caller)?;
@@ -484,5 +504,15 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("x").is_err());
         assert!(parse_size("3Q").is_err());
+        assert_eq!(parse_size("16384").unwrap(), MAX_VOLUME_BYTES);
+        for huge in [
+            "16385",
+            "18446744073709551615",
+            "999999999999999999999999999999",
+            "99999999T",
+        ] {
+            let e = parse_size(huge).unwrap_err().to_string();
+            assert!(e.contains("largest volume"), "{huge}: {e}");
+        }
     }
 }

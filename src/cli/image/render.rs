@@ -3,6 +3,7 @@
 use crate::store::manifest::GIB;
 use crate::store::snapshots::SnapshotUsers;
 use crate::store::{AccountId, Image, Snapshot, SnapshotId};
+use crate::text::escape_unsafe;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -96,7 +97,7 @@ pub fn image_details(
 ) -> String {
     let mut s = String::new();
     let mut kv = |k: &str, v: String| {
-        let _ = writeln!(s, "{:<20}{v}", format!("{k}:"));
+        let _ = writeln!(s, "{:<20}{}", format!("{k}:"), escape_unsafe(&v));
     };
     kv("ImageId", img.image_id.to_string());
     kv("Name", img.name.clone());
@@ -229,7 +230,7 @@ pub fn snapshot_table(snaps: &[Snapshot], users: &BTreeMap<SnapshotId, SnapshotU
 pub fn snapshot_details(s: &Snapshot, users: Option<&SnapshotUsers>) -> String {
     let mut out = String::new();
     let mut kv = |k: &str, v: String| {
-        let _ = writeln!(out, "{:<18}{v}", format!("{k}:"));
+        let _ = writeln!(out, "{:<18}{}", format!("{k}:"), escape_unsafe(&v));
     };
     kv("SnapshotId", s.snapshot_id.to_string());
     kv("OwnerId", s.owner_id.to_string());
