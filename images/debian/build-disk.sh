@@ -184,8 +184,9 @@ t0=$(now_ms)
 #   image, for later installs too) leave out manual pages, translations and documentation but the
 #   copyright files: ~50 MB.
 # - customize: the rest of the overlay, the console and banner units enabled, multi-user.target as
-#   the default, the list of the initrd's files (lsinitramfs, in the chroot: the host needs no
-#   initramfs-tools) and of the installed packages.
+#   the default, no gettys on virtual terminals (a micro-VM has only its serial console), the list
+#   of the initrd's files (lsinitramfs, in the chroot: the host needs no initramfs-tools) and of the
+#   installed packages.
 export AMIVM_OVERLAY_TAR="$work/overlay.tar" AMIVM_WORK="$work" AMIVM_FSTAB="UUID=$ROOT_FS_UUID / ext4 defaults,errors=remount-ro 0 1"
 # shellcheck disable=SC2016 # $1 and the AMIVM_* variables are expanded by the hooks' shell
 mmdebstrap --mode=root --variant=minbase --include="$(
@@ -202,6 +203,7 @@ mmdebstrap --mode=root --variant=minbase --include="$(
     --customize-hook='cd "$1/etc" && rm -f initramfs-tools/modules.dpkg-dist resolv.conf && sed -i "/^force-confold$/d" dpkg/dpkg.cfg.d/99mmdebstrap && if ! [ -s dpkg/dpkg.cfg.d/99mmdebstrap ]; then rm dpkg/dpkg.cfg.d/99mmdebstrap; fi' \
     --customize-hook='chroot "$1" systemctl enable amivm-banner.service serial-getty@ttyS0.service' \
     --customize-hook='chroot "$1" systemctl set-default multi-user.target' \
+    --customize-hook='chroot "$1" systemctl disable getty@tty1.service && chroot "$1" systemctl mask getty-static.service' \
     --customize-hook='chroot "$1" sh -c "lsinitramfs /boot/initrd.img-*" >"$AMIVM_WORK/initrd.list"' \
     --customize-hook='chroot "$1" dpkg-query -W -f "\${Package}=\${Version}\n" >"$AMIVM_WORK/packages.list"' \
     "$SUITE" "$root" "${SOURCES[@]}" >&2 || die "mmdebstrap failed"
