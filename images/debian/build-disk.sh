@@ -165,6 +165,8 @@ t_all=$(now_ms)
 rm -rf "$out.tmp"
 mkdir -p "$out.tmp"
 work="$out.tmp"
+# A failed build leaves nothing behind (its root file system alone is ~300 MB).
+trap 'rc=$?; [ "$rc" -eq 0 ] || rm -rf "$work"; exit "$rc"' EXIT
 root="$work/rootfs"
 
 # The overlay with modes normalised (git keeps only the executable bit) and owned by root in the tar.
