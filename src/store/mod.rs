@@ -65,6 +65,7 @@ pub mod accounts;
 pub mod backend;
 pub mod bundle;
 pub mod chunker;
+pub mod disk;
 pub mod error;
 pub mod filter;
 pub mod fsio;
