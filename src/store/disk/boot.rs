@@ -22,11 +22,8 @@ pub const BOOT_PARTITION_KERNEL_DIR: &str = "/";
 const KERNEL_PREFIX: &str = "vmlinuz-";
 /// Initrd names for kernel version `V`, in the order they are tried: Debian/Ubuntu
 /// (`initrd.img-V`), Fedora/Arch dracut (`initramfs-V.img`), SUSE (`initrd-V`).
-const INITRD_NAMES: [(&str, &str); 3] = [
-    ("initrd.img-", ""),
-    ("initramfs-", ".img"),
-    ("initrd-", ""),
-];
+const INITRD_NAMES: [(&str, &str); 3] =
+    [("initrd.img-", ""), ("initramfs-", ".img"), ("initrd-", "")];
 /// os-release(5) locations, in the order the spec says to read them.
 const OS_RELEASE_PATHS: [&str; 2] = ["/etc/os-release", "/usr/lib/os-release"];
 /// os-release files are a few hundred bytes; a larger one is not read (bounded memory).
@@ -44,7 +41,11 @@ pub struct Found {
 /// value, everything else byte by byte (`6.1.0-9` < `6.1.0-10` < `6.10.0-1`).
 pub fn version_cmp(a: &str, b: &str) -> Ordering {
     let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
-    let run = |s: &[u8], digits: bool| s.iter().take_while(|c| c.is_ascii_digit() == digits).count();
+    let run = |s: &[u8], digits: bool| {
+        s.iter()
+            .take_while(|c| c.is_ascii_digit() == digits)
+            .count()
+    };
     while !a.is_empty() && !b.is_empty() {
         let digits = a[0].is_ascii_digit();
         if digits != b[0].is_ascii_digit() {
@@ -138,9 +139,9 @@ fn newest_kernel(fs: &Ext4, dir: &str) -> Result<Option<String>, Ext4Error> {
         if version.is_empty() || !is_file(fs, &join(dir, &name))? {
             continue;
         }
-        let newer = best.as_deref().is_none_or(|b| {
-            version_cmp(version, &b[KERNEL_PREFIX.len()..]) == Ordering::Greater
-        });
+        let newer = best
+            .as_deref()
+            .is_none_or(|b| version_cmp(version, &b[KERNEL_PREFIX.len()..]) == Ordering::Greater);
         if newer {
             best = Some(name);
         }

@@ -72,8 +72,7 @@ pub fn probe(part: &dyn ReadAt) -> FsKind {
         FsKind::Other("squashfs")
     } else if has(part, SWAP_MAGIC_OFFSET, SWAP_MAGIC) {
         FsKind::Other("swap")
-    } else if has(part, FAT32_TYPE_OFFSET, b"FAT32   ") || has(part, FAT16_TYPE_OFFSET, b"FAT1")
-    {
+    } else if has(part, FAT32_TYPE_OFFSET, b"FAT32   ") || has(part, FAT16_TYPE_OFFSET, b"FAT1") {
         FsKind::Other("vfat")
     } else {
         FsKind::Unknown

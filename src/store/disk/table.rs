@@ -179,8 +179,8 @@ fn mbr_partitions(disk: &dyn ReadAt) -> Result<Option<Vec<Partition>>, DiskError
         return Ok(None);
     }
     let mut cur = Cursor::new(disk, TABLE_READ_BUDGET);
-    let mbr = mbrman::MBR::read_from(&mut cur, MBR_SECTOR_SIZE)
-        .map_err(|e| bad_table("MBR", &cur, e))?;
+    let mbr =
+        mbrman::MBR::read_from(&mut cur, MBR_SECTOR_SIZE).map_err(|e| bad_table("MBR", &cur, e))?;
     let sig = u32::from_le_bytes(mbr.header.disk_signature);
     let ss = u64::from(MBR_SECTOR_SIZE);
     let mut out = Vec::new();

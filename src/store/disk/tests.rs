@@ -175,7 +175,10 @@ fn debian_symlinks_win_over_the_newest_kernel() {
         &[(2048 * SECTOR, &fs)],
     );
     let a = analyse(open(&disk), true).unwrap();
-    assert_eq!(a.kernel.as_ref().unwrap().path, "/boot/vmlinuz-5.10.0-1-amd64");
+    assert_eq!(
+        a.kernel.as_ref().unwrap().path,
+        "/boot/vmlinuz-5.10.0-1-amd64"
+    );
     assert_eq!(bytes(a.kernel.as_ref().unwrap()), b"linked kernel");
     assert_eq!(bytes(a.initrd.as_ref().unwrap()), b"linked initrd");
     // No os-release: no OS, no error.
@@ -190,7 +193,10 @@ fn gpt_root_type_is_preferred_and_boot_can_be_separate() {
     let boot = b.ext4(
         8,
         UUID_B,
-        &[("vmlinuz-6.2.0-1", "boot kernel"), ("initrd.img-6.2.0-1", "boot initrd")],
+        &[
+            ("vmlinuz-6.2.0-1", "boot kernel"),
+            ("initrd.img-6.2.0-1", "boot initrd"),
+        ],
     );
     let data = b.ext4(8, UUID_B, &[("boot/vmlinuz-1", "decoy")]);
     let root = b.ext4(8, UUID_A, &[("etc/os-release", OS), ("boot/", "")]);
@@ -242,7 +248,11 @@ fn mbr_logical_partition_root() {
 fn own_kernel_needs_no_kernel_on_the_disk() {
     let mut b = Builder::new();
     let fs = b.ext4(8, UUID_A, &[("etc/hostname", "x")]);
-    let disk = b.disk(10, "label: gpt\nstart=2048, size=16384\n", &[(2048 * SECTOR, &fs)]);
+    let disk = b.disk(
+        10,
+        "label: gpt\nstart=2048, size=16384\n",
+        &[(2048 * SECTOR, &fs)],
+    );
     let a = analyse(open(&disk), false).unwrap();
     assert_eq!(a.root_fs_uuid, UUID_A);
     assert!(a.kernel.is_none());
@@ -261,11 +271,19 @@ fn bad_disks_are_refused_with_what_is_wrong() {
     let empty = b.disk(10, "label: gpt\nstart=2048, size=16384\n", &[]);
     let e = analyse(open(&empty), true).unwrap_err();
     assert!(matches!(e, DiskError::NoRoot { .. }), "{e}");
-    assert!(e.to_string().contains("partition 1: an unknown file system"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("partition 1: an unknown file system"),
+        "{e}"
+    );
     // LUKS.
     let luks = b.path("luks");
     std::fs::write(&luks, probe::LUKS_MAGIC).unwrap();
-    let enc = b.disk(10, "label: gpt\nstart=2048, size=16384\n", &[(2048 * SECTOR, &luks)]);
+    let enc = b.disk(
+        10,
+        "label: gpt\nstart=2048, size=16384\n",
+        &[(2048 * SECTOR, &luks)],
+    );
     let e = analyse(open(&enc), true).unwrap_err();
     assert!(matches!(e, DiskError::Encrypted { number: 1 }), "{e}");
     // A typed root that is not ext4.
@@ -275,11 +293,21 @@ fn bad_disks_are_refused_with_what_is_wrong() {
     let other = b.disk(10, &script, &[(2048 * SECTOR, &xfs)]);
     let e = analyse(open(&other), true).unwrap_err();
     assert!(
-        matches!(e, DiskError::UnsupportedFs { number: 1, what: "xfs" }),
+        matches!(
+            e,
+            DiskError::UnsupportedFs {
+                number: 1,
+                what: "xfs"
+            }
+        ),
         "{e}"
     );
     // Truncated: the partition runs past the end of the file.
-    let good = b.disk(10, "label: gpt\nstart=2048, size=16384\n", &[(2048 * SECTOR, &fs)]);
+    let good = b.disk(
+        10,
+        "label: gpt\nstart=2048, size=16384\n",
+        &[(2048 * SECTOR, &fs)],
+    );
     std::fs::OpenOptions::new()
         .write(true)
         .open(&good)
@@ -296,7 +324,11 @@ fn a_file_system_larger_than_its_partition_is_refused() {
     let fs = b.ext4(8, UUID_A, &[("boot/vmlinuz-1", "k")]);
     // An 8 MiB file system in a 4 MiB partition (the rest of the disk is there, the
     // partition table is wrong).
-    let disk = b.disk(12, "label: gpt\nstart=2048, size=8192\n", &[(2048 * SECTOR, &fs)]);
+    let disk = b.disk(
+        12,
+        "label: gpt\nstart=2048, size=8192\n",
+        &[(2048 * SECTOR, &fs)],
+    );
     let e = analyse(open(&disk), true).unwrap_err();
     assert!(matches!(e, DiskError::Ext4 { number: 1, .. }), "{e}");
     assert!(e.to_string().contains("larger than its partition"), "{e}");
@@ -308,7 +340,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -354,7 +390,13 @@ fn ebr_chain(sectors: u32) -> Vec<u8> {
         // (zero sectors in: harmless for this test) and points to the next EBR, relative s.
         entry(&mut d, o + 446, 0x83, 1, 1);
         let next = if s + 2 < sectors { s } else { 0 };
-        entry(&mut d, o + 446 + 16, if next == 0 { 0 } else { 0x05 }, next, 1);
+        entry(
+            &mut d,
+            o + 446 + 16,
+            if next == 0 { 0 } else { 0x05 },
+            next,
+            1,
+        );
         d[o + 510] = 0x55;
         d[o + 511] = 0xAA;
     }
