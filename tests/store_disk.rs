@@ -469,3 +469,62 @@ fn sample_kernel_from_a_disk_image_reaches_early_boot() {
         "{line}"
     );
 }
+
+/// Debian's stock bzImage taken from a disk's /boot boots as a bzImage: with hardware KVM it
+/// decompresses itself, shows the image's command line and, with no initrd to load its
+/// virtio drivers, panics mounting root (exit 126). Here, under KVM's emulator, its
+/// decompressor runs until the timeout (exit 124): the loader took it, nothing crashed.
+#[test]
+fn debian_bzimage_from_a_disk_image_boots_as_a_bzimage() {
+    let env = Env::new();
+    let tree = root_tree(
+        &env,
+        "root",
+        &debian_vmlinuz(),
+        "6.1.0-57-cloud-amd64",
+        false,
+    );
+    let disk = disk_with_root(&env, "deb.raw", 80, 64, Some(&tree), |d| {
+        sgdisk_two_partitions(d, 70)
+    });
+    let img = create(&env, "debian-bz", &disk, &["--append", "noxsave"]);
+    assert_eq!(img["Kernel"]["Format"], "bzimage", "{img}");
+    let partuuid = tool(
+        Command::new("sfdisk")
+            .arg("--part-uuid")
+            .arg(&disk)
+            .arg("2"),
+    )
+    .to_lowercase();
+    let hardware = common::no_hardware_kvm().is_none();
+    let timeout = if hardware { "120" } else { "5" };
+    let cmd = env.cmd(
+        None,
+        &[
+            "run",
+            "debian-bz",
+            "--instance-type",
+            "t3.small",
+            "--rm",
+            "--timeout",
+            timeout,
+        ],
+    );
+    let out = common::run_with_deadline(cmd, Duration::from_secs(200));
+    let ctx = out.describe();
+    if hardware {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.contains("Command line:"))
+            .unwrap_or_default();
+        assert!(line.contains(&format!("root=PARTUUID={partuuid}")), "{ctx}");
+        assert!(out.stdout.contains("VFS: Unable to mount root fs"), "{ctx}");
+        assert_eq!(out.code, Some(126), "{ctx}");
+    } else {
+        assert_eq!(out.code, Some(124), "{ctx}");
+        common::skip_note(
+            "debian_bzimage_from_a_disk_image_boots_as_a_bzimage: the full boot (needs VT-x/AMD-V)",
+        );
+    }
+}
