@@ -528,3 +528,35 @@ fn debian_bzimage_from_a_disk_image_boots_as_a_bzimage() {
         );
     }
 }
+
+/// `--append` adds to the command line of any image: the default one, or `--cmdline`'s.
+#[test]
+fn append_adds_to_the_command_line() {
+    let env = Env::new();
+    let root = env.path("root.raw");
+    store_common::make_disk(&root, 4 * MIB, &[(0, 1)]);
+    let id = env.create(None, "plain", &root, &["--append", "quiet"]);
+    let img = env.json(None, &["image", "show", &id]);
+    assert_eq!(
+        img["KernelCommandLine"],
+        "console=ttyS0 root=/dev/vda rw quiet"
+    );
+    let id = env.create(
+        None,
+        "own",
+        &root,
+        &["--cmdline", "console=hvc0 ", "--append", " init=/bin/sh"],
+    );
+    let img = env.json(None, &["image", "show", &id]);
+    assert_eq!(img["KernelCommandLine"], "console=hvc0 init=/bin/sh");
+    // --disk and --root are one or the other (a usage error from the argument parser).
+    let out = env.run(
+        None,
+        &[
+            "image", "create", "--name", "x", "--root", "a", "--disk", "b",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(store_common::FAILED));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot be used with '--disk"), "{err}");
+}

@@ -412,3 +412,66 @@ fn extended_partition_chains_are_read_up_to_a_budget() {
     let e = analyse(Rc::new(ebr_chain((64 * MIB / 512) as u32)), true).unwrap_err();
     assert!(e.to_string().contains(DiskError::TABLE_TOO_LARGE), "{e}");
 }
+
+#[test]
+fn damaged_disks_give_errors_not_panics() {
+    // 20000 rounds ran clean once; 1000 keep the unit tests quick.
+    const ROUNDS: u32 = 1000;
+    let mut b = Builder::new();
+    let fs = b.ext4(
+        8,
+        UUID_A,
+        &[
+            ("etc/os-release", OS),
+            ("vmlinuz", "->boot/vmlinuz-2"),
+            ("boot/vmlinuz-1", "k1"),
+            ("boot/vmlinuz-2", "k2"),
+            ("boot/initrd.img-2", "i2"),
+        ],
+    );
+    let start = 2048 * SECTOR;
+    let disk = b.disk(10, "label: gpt\nstart=2048, size=16384\n", &[(start, &fs)]);
+    let mut d = Rc::new(std::fs::read(&disk).unwrap());
+    // xorshift64: deterministic damage.
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (mut ok, mut failed) = (0, 0);
+    for round in 0..ROUNDS {
+        let mut saved = Vec::new();
+        let bytes = Rc::get_mut(&mut d).expect("no reader left");
+        for _ in 0..1 + next() % 8 {
+            // The tables (first 17 KiB), or the file system's first MiB (superblock, group
+            // descriptors, bitmaps, inode tables, directories).
+            let off = if round % 4 == 0 {
+                (next() % (34 * SECTOR)) as usize
+            } else {
+                (start + next() % MIB) as usize
+            };
+            saved.push((off, bytes[off]));
+            bytes[off] ^= 1 << (next() % 8);
+        }
+        match analyse(d.clone(), true) {
+            Ok(a) => {
+                for f in a.kernel.iter().chain(a.initrd.iter()) {
+                    let mut sink = Vec::new();
+                    let _ = f.copy_to(&mut sink);
+                }
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(!e.to_string().contains('\n'), "{e}");
+                failed += 1;
+            }
+        }
+        let bytes = Rc::get_mut(&mut d).expect("no reader left");
+        for (off, v) in saved.into_iter().rev() {
+            bytes[off] = v;
+        }
+    }
+    assert!(ok > 0 && failed > 0, "{ok} read, {failed} refused");
+}
