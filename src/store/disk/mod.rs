@@ -34,6 +34,8 @@ pub const GPT_LINUX_ROOT_X86_64: &str = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709";
 pub const GPT_XBOOTLDR: &str = "bc13c2ff-59e6-4262-a352-b275fd6f7172";
 /// Offset of the superblock in an ext2/3/4 file system (kernel.org ext4 documentation).
 const EXT_SUPERBLOCK: u64 = 1024;
+/// Bytes of the ext2/3/4 superblock.
+const EXT_SUPERBLOCK_LEN: usize = 1024;
 /// Superblock fields (offsets in the superblock): `s_blocks_count_lo` (u32)...
 const EXT_BLOCKS_COUNT_LO: usize = 0x4;
 /// ...`s_log_block_size` (u32: block size is 1024 << it)...
@@ -46,6 +48,8 @@ const EXT_FEATURE_INCOMPAT: usize = 0x60;
 const EXT_BLOCKS_COUNT_HI: usize = 0x150;
 /// `EXT4_FEATURE_INCOMPAT_64BIT`.
 const EXT_INCOMPAT_64BIT: u32 = 0x80;
+/// The smallest ext block size: the block size is this shifted by `s_log_block_size`.
+const EXT_MIN_BLOCK_SIZE: u64 = 1024;
 /// ext4 block sizes are 1 KiB to 64 KiB: `s_log_block_size` is at most 6.
 const EXT_MAX_LOG_BLOCK_SIZE: u32 = 6;
 /// The most block groups amivm lets the ext4 reader load descriptors for (it allocates them
@@ -177,7 +181,7 @@ struct Probed {
 /// Check the ext superblock's geometry against the partition before the reader allocates
 /// for it: the file system must fit the partition, and its block-group count be sane.
 fn check_ext_geometry(part: &dyn ReadAt, number: u32) -> Result<(), DiskError> {
-    let mut sb = [0u8; 1024];
+    let mut sb = [0u8; EXT_SUPERBLOCK_LEN];
     part.read_exact_at(&mut sb, EXT_SUPERBLOCK)
         .map_err(|e| DiskError::Io(format!("partition {number}: {e}")))?;
     let word = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
@@ -186,7 +190,7 @@ fn check_ext_geometry(part: &dyn ReadAt, number: u32) -> Result<(), DiskError> {
     if log > EXT_MAX_LOG_BLOCK_SIZE {
         return Err(bad(format!("invalid block size (log {log})")));
     }
-    let block = 1024u64 << log;
+    let block = EXT_MIN_BLOCK_SIZE << log;
     let hi = if word(EXT_FEATURE_INCOMPAT) & EXT_INCOMPAT_64BIT != 0 {
         u64::from(word(EXT_BLOCKS_COUNT_HI))
     } else {

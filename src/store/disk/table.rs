@@ -16,6 +16,11 @@ const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
 const GPT_NUM_ENTRIES_OFFSET: usize = 80;
 /// Offset of `SizeOfPartitionEntry` (u32) in the GPT header.
 const GPT_ENTRY_SIZE_OFFSET: usize = 84;
+/// Bytes of the GPT header that carry fields (UEFI 2.10 table 5.5, `HeaderSize` 92).
+const GPT_HEADER_LEN: usize = 92;
+/// GPT partition entries are 128 bytes or a larger power of two (UEFI 2.10 §5.3.2); amivm
+/// accepts 128 to 512.
+const GPT_ENTRY_SIZES: std::ops::RangeInclusive<u32> = 128..=512;
 /// The most GPT entries amivm reads. The UEFI spec sets no maximum; tools make 128 (sgdisk,
 /// sfdisk, parted). gptman allocates for the header's count before reading, so a crafted
 /// count is refused here.
@@ -26,9 +31,13 @@ pub const MAX_GPT_ENTRIES: u32 = 4096;
 pub const TABLE_READ_BUDGET: u64 = 4 << 20;
 /// The MBR boot signature at bytes 510-511 of sector 0.
 const MBR_BOOT_SIGNATURE: [u8; 2] = [0x55, 0xAA];
+const MBR_BOOT_SIGNATURE_OFFSET: usize = 510;
 /// Offset of the four 16-byte primary partition entries in the MBR; byte 0 of each is the
 /// boot flag, 0x00 or 0x80.
 const MBR_ENTRIES_OFFSET: usize = 446;
+/// Four primary entries of 16 bytes each.
+const MBR_PRIMARY_ENTRIES: usize = 4;
+const MBR_ENTRY_LEN: usize = 16;
 /// MBR partition type of a GPT's protective MBR (UEFI 2.10 §5.2.3).
 const MBR_TYPE_GPT_PROTECTIVE: u8 = 0xEE;
 
@@ -86,7 +95,7 @@ pub fn guid_text(b: &[u8; 16]) -> String {
 /// Read the GPT header fields that decide gptman's allocation, at `offset`: `Some(count)`
 /// when a header signature is there.
 fn gpt_entry_count_at(disk: &dyn ReadAt, offset: u64) -> Option<(u32, u32)> {
-    let mut h = [0u8; 92];
+    let mut h = [0u8; GPT_HEADER_LEN];
     disk.read_exact_at(&mut h, offset).ok()?;
     if &h[..8] != GPT_SIGNATURE {
         return None;
@@ -103,12 +112,14 @@ fn has_gpt(disk: &dyn ReadAt) -> Result<bool, DiskError> {
         let last = (disk.size() / ss).checked_sub(1).map(|s| s * ss);
         for off in std::iter::once(ss).chain(last) {
             if let Some((count, size)) = gpt_entry_count_at(disk, off) {
-                if count > MAX_GPT_ENTRIES || !(128..=512).contains(&size) {
+                if count > MAX_GPT_ENTRIES || !GPT_ENTRY_SIZES.contains(&size) {
                     return Err(DiskError::BadTable {
                         kind: "GPT",
                         why: format!(
                             "the header at byte {off} declares {count} entries of {size} bytes \
-                             (amivm reads at most {MAX_GPT_ENTRIES} entries of 128 to 512 bytes)"
+                             (amivm reads at most {MAX_GPT_ENTRIES} entries of {} to {} bytes)",
+                            GPT_ENTRY_SIZES.start(),
+                            GPT_ENTRY_SIZES.end()
                         ),
                     });
                 }
@@ -167,11 +178,14 @@ fn gpt_partitions(disk: &dyn ReadAt) -> Result<Vec<Partition>, DiskError> {
 /// Whether sector 0 is an MBR: the boot signature, and a valid boot flag in each of the four
 /// primary entries (what tells an MBR from, say, a bare FAT boot sector).
 fn looks_like_mbr(disk: &dyn ReadAt) -> bool {
-    let mut s = [0u8; 512];
-    if disk.read_exact_at(&mut s, 0).is_err() || s[510..512] != MBR_BOOT_SIGNATURE {
+    let mut s = [0u8; MBR_SECTOR_SIZE as usize];
+    if disk.read_exact_at(&mut s, 0).is_err()
+        || s[MBR_BOOT_SIGNATURE_OFFSET..] != MBR_BOOT_SIGNATURE
+    {
         return false;
     }
-    (0..4).all(|i| matches!(s[MBR_ENTRIES_OFFSET + 16 * i], 0x00 | 0x80))
+    (0..MBR_PRIMARY_ENTRIES)
+        .all(|i| matches!(s[MBR_ENTRIES_OFFSET + MBR_ENTRY_LEN * i], 0x00 | 0x80))
 }
 
 fn mbr_partitions(disk: &dyn ReadAt) -> Result<Option<Vec<Partition>>, DiskError> {
