@@ -38,6 +38,10 @@ const MBR_ENTRIES_OFFSET: usize = 446;
 /// Four primary entries of 16 bytes each.
 const MBR_PRIMARY_ENTRIES: usize = 4;
 const MBR_ENTRY_LEN: usize = 16;
+/// The most partitions a disk may use: Linux's `DISK_MAX_PARTS` (include/linux/blkdev.h), the
+/// most it can name. Each ext2/3/4 partition's reader keeps a block cache, so this also
+/// bounds the analysis's memory.
+pub const MAX_PARTITIONS: usize = 256;
 /// MBR partition type of a GPT's protective MBR (UEFI 2.10 §5.2.3).
 const MBR_TYPE_GPT_PROTECTIVE: u8 = 0xEE;
 
@@ -231,6 +235,15 @@ pub fn read_table(disk: &dyn ReadAt) -> Result<Table, DiskError> {
     } else {
         return Err(DiskError::NoPartitionTable);
     };
+    if partitions.len() > MAX_PARTITIONS {
+        return Err(DiskError::BadTable {
+            kind: kind.as_str(),
+            why: format!(
+                "it uses {} partitions; Linux names at most {MAX_PARTITIONS}",
+                partitions.len()
+            ),
+        });
+    }
     for p in &partitions {
         let end = p.start.checked_add(p.len);
         if end.is_none_or(|end| end > disk.size()) {

@@ -408,6 +408,9 @@ fn extended_partition_chains_are_read_up_to_a_budget() {
     let t = table::read_table(&ebr_chain(64)).unwrap();
     assert_eq!(t.partitions.len(), 62);
     assert_eq!(t.partitions.last().unwrap().number, 66);
+    // More logical partitions than Linux can name.
+    let e = table::read_table(&ebr_chain(table::MAX_PARTITIONS as u32 + 8)).unwrap_err();
+    assert!(e.to_string().contains("Linux names at most 256"), "{e}");
     // 64 MiB of chained EBRs: 131070 logical partitions, beyond what amivm reads.
     let e = analyse(Rc::new(ebr_chain((64 * MIB / 512) as u32)), true).unwrap_err();
     assert!(e.to_string().contains(DiskError::TABLE_TOO_LARGE), "{e}");
