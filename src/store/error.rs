@@ -58,6 +58,13 @@ pub enum StoreError {
     /// An import would overwrite different data under the same id.
     #[error("{0}")]
     Conflict(String),
+    /// A whole disk (`image create --disk`) cannot be made into an image.
+    #[error("{path}: {source}")]
+    Disk {
+        path: String,
+        #[source]
+        source: super::disk::DiskError,
+    },
     /// Reading a block backend failed.
     #[error(transparent)]
     Volume(#[from] VolumeError),

@@ -11,11 +11,12 @@ use super::manifest::{
     Image, ImageState, KernelRef, GIB, MANIFEST_VERSION, MAX_VOLUME_BYTES, MAX_VOLUME_SIZE_GIB,
     ROOT_DEVICE_NAME,
 };
-use super::source::{self, SourceKind};
+use super::snapshot::Snapshot;
+use super::source::{self, OsRelease, SourceKind};
 use super::txn::to_json;
-use super::{Progress, Store};
+use super::{BlobRef, Progress, Store, Txn};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// One extra disk of `image create`.
 #[derive(Debug, Clone)]
@@ -122,28 +123,13 @@ impl Store {
 
     /// Create an image from a kernel and volume sources (`amivm image create`).
     pub fn create_image(&self, req: &CreateImageRequest, progress: &dyn Progress) -> Result<Image> {
-        manifest::validate_name(&req.name)?;
         manifest::validate_description(&req.description)?;
-        manifest::validate_tags(&req.tags)?;
-        if let Some(size) = req.root_size.filter(|s| *s > MAX_VOLUME_BYTES) {
-            return Err(StoreError::Invalid(format!(
-                "root size {size} bytes is more than the largest volume, {MAX_VOLUME_SIZE_GIB} GiB"
-            )));
-        }
         let format = source::kernel_format(&req.kernel)?;
         if let Some(i) = &req.initrd {
             source::check_initrd(i)?;
         }
-        let root_kind = source::detect(&req.root)?;
-        for v in &req.volumes {
-            source::detect(&v.source)?;
-        }
-        if req.volumes.len() >= 26 {
-            return Err(StoreError::Invalid(
-                "at most 25 extra volumes (/dev/vdb../dev/vdz)".into(),
-            ));
-        }
-        self.check_name_free(&req.owner, &req.name, None)?;
+        let common = req.common();
+        let root_kind = self.check_new_image(&common)?;
 
         let started = std::time::Instant::now();
         let mut txn = self.begin()?;
@@ -153,10 +139,66 @@ impl Store {
             .as_ref()
             .map(|p| txn.put_blob_file(p))
             .transpose()?;
+        let staged = self.stage_volumes(&mut txn, &common, root_kind, true, progress)?;
+        let os = staged.os.unwrap_or_default();
+        let image = new_image(
+            &common,
+            req.description.clone(),
+            KernelRef {
+                blob: kernel,
+                format,
+            },
+            initrd,
+            req.cmdline
+                .clone()
+                .unwrap_or_else(|| manifest::DEFAULT_CMDLINE.into()),
+            staged.mappings,
+            os,
+        );
+        commit_new_image(txn, image, started)
+    }
+
+    /// The checks every new image passes before anything is staged: name, tags, volume
+    /// count, readable sources, name free. Returns what the root source is.
+    pub(super) fn check_new_image(&self, req: &NewImage<'_>) -> Result<SourceKind> {
+        manifest::validate_name(req.name)?;
+        manifest::validate_tags(req.tags)?;
+        if let Some(size) = req.root_size.filter(|s| *s > MAX_VOLUME_BYTES) {
+            return Err(StoreError::Invalid(format!(
+                "root size {size} bytes is more than the largest volume, {MAX_VOLUME_SIZE_GIB} GiB"
+            )));
+        }
+        let root_kind = source::detect(req.root)?;
+        for v in req.volumes {
+            source::detect(&v.source)?;
+        }
+        if req.volumes.len() >= 26 {
+            return Err(StoreError::Invalid(
+                "at most 25 extra volumes (/dev/vdb../dev/vdz)".into(),
+            ));
+        }
+        self.check_name_free(req.owner, req.name, None)?;
+        Ok(root_kind)
+    }
+
+    /// Chunk the root and extra volumes into `txn`, with their snapshots and mappings.
+    /// `want_os` reads the root's os-release (a directory or a bare ext2/3/4 image).
+    pub(super) fn stage_volumes(
+        &self,
+        txn: &mut Txn<'_>,
+        req: &NewImage<'_>,
+        root_kind: SourceKind,
+        want_os: bool,
+        progress: &dyn Progress,
+    ) -> Result<StagedVolumes> {
         let mut mappings = Vec::new();
         let mut os = None;
-        let sources = std::iter::once((&req.root, false, true))
-            .chain(req.volumes.iter().map(|v| (&v.source, v.read_only, false)));
+        let mut root_snapshot = None;
+        let sources = std::iter::once((req.root, false, true)).chain(
+            req.volumes
+                .iter()
+                .map(|v| (v.source.as_path(), v.read_only, false)),
+        );
         for (n, (src, read_only, is_root)) in sources.enumerate() {
             let dev =
                 device_name(n).ok_or_else(|| StoreError::Invalid("too many volumes".into()))?;
@@ -166,21 +208,17 @@ impl Store {
                 None
             };
             let scratch = txn.scratch_dir().to_path_buf();
-            let mut opened = source::open(src, fs_size, &scratch, is_root)?;
+            let mut opened = source::open(src, fs_size, &scratch, is_root && want_os)?;
             if is_root {
                 os = opened.os.take();
             }
-            let chunks = super::chunker::chunk_volume(
-                &mut txn,
-                &mut *opened.reader,
-                ChunkPlan::All,
-                progress,
-            )?;
+            let chunks =
+                super::chunker::chunk_volume(txn, &mut *opened.reader, ChunkPlan::All, progress)?;
             let size = opened.reader.size();
             // The path is the user's, and may hold any byte: keep the description printable.
             let src_name = crate::text::escape_unsafe(&src.display().to_string()).into_owned();
             let desc = format!("{} of image {} from {src_name}", dev, req.name);
-            let snap = txn.stage_snapshot(&req.owner, size, chunks, None, &desc)?;
+            let snap = txn.stage_snapshot(req.owner, size, chunks, None, &desc)?;
             let mut volume_size = gib_ceil(size);
             if is_root && root_kind != SourceKind::Directory {
                 if let Some(want) = req.root_size {
@@ -196,53 +234,23 @@ impl Store {
             mappings.push(BlockDeviceMapping {
                 device_name: dev,
                 ebs: EbsBlockDevice {
-                    snapshot_id: snap.snapshot_id,
+                    snapshot_id: snap.snapshot_id.clone(),
                     volume_size,
                     delete_on_termination: true,
                     read_only,
                 },
             });
+            if is_root {
+                root_snapshot = Some(snap);
+            }
         }
-        let os = os.unwrap_or_default();
-        let image = Image {
-            manifest_version: MANIFEST_VERSION,
-            image_id: ImageId::generate(),
-            name: req.name.clone(),
-            description: req.description.clone(),
-            architecture: Architecture::X86_64,
-            owner_id: req.owner.clone(),
-            creation_date: now_rfc3339(),
-            state: ImageState::Available,
-            public: false,
-            launch_permissions: Vec::new(),
-            kernel: KernelRef {
-                blob: kernel,
-                format,
-            },
-            initrd,
-            kernel_command_line: req
-                .cmdline
-                .clone()
-                .unwrap_or_else(|| manifest::DEFAULT_CMDLINE.into()),
-            root_device_name: ROOT_DEVICE_NAME.into(),
-            block_device_mappings: mappings,
-            tags: req.tags.clone(),
-            source_image_id: None,
-            os_name: os.name,
-            os_version: os.version,
-            device_discovery: req.device_discovery,
-        };
-        txn.put_image(&image)?;
-        let (chunks, bytes) = txn.new_chunks();
-        let staged = started.elapsed();
-        txn.commit(|s| s.check_name_free(&image.owner_id, &image.name, None))?;
-        log::info!(
-            "{}: staged {chunks} new chunks ({bytes} bytes) in {:.3} s, committed in {:.3} s",
-            image.image_id,
-            staged.as_secs_f64(),
-            (started.elapsed() - staged).as_secs_f64()
-        );
-        Ok(image)
+        let root_snapshot =
+            root_snapshot.ok_or_else(|| StoreError::Invalid("no root volume".into()))?;
+        Ok(StagedVolumes {
+            mappings,
+            os,
+            root_snapshot,
+        })
     }
 
     /// Register a ready manifest (the instance module's create-image): its snapshots must
@@ -502,4 +510,91 @@ impl Store {
         self.backend().commit_docs(batch)?;
         Ok(report)
     }
+}
+
+/// What every new image is made of, whatever its kernel comes from.
+pub(super) struct NewImage<'a> {
+    pub owner: &'a AccountId,
+    pub name: &'a str,
+    pub tags: &'a BTreeMap<String, String>,
+    pub root: &'a Path,
+    pub root_size: Option<u64>,
+    pub volumes: &'a [VolumeSpec],
+    pub device_discovery: manifest::DeviceDiscovery,
+}
+
+impl CreateImageRequest {
+    pub(super) fn common(&self) -> NewImage<'_> {
+        NewImage {
+            owner: &self.owner,
+            name: &self.name,
+            tags: &self.tags,
+            root: &self.root,
+            root_size: self.root_size,
+            volumes: &self.volumes,
+            device_discovery: self.device_discovery,
+        }
+    }
+}
+
+/// What [`Store::stage_volumes`] staged.
+pub(super) struct StagedVolumes {
+    pub mappings: Vec<BlockDeviceMapping>,
+    /// The root's os-release, when asked for and found.
+    pub os: Option<OsRelease>,
+    /// The root volume's staged snapshot.
+    pub root_snapshot: Snapshot,
+}
+
+/// A new image manifest owned by `req.owner`, available, private.
+pub(super) fn new_image(
+    req: &NewImage<'_>,
+    description: String,
+    kernel: KernelRef,
+    initrd: Option<BlobRef>,
+    cmdline: String,
+    mappings: Vec<BlockDeviceMapping>,
+    os: OsRelease,
+) -> Image {
+    Image {
+        manifest_version: MANIFEST_VERSION,
+        image_id: ImageId::generate(),
+        name: req.name.to_string(),
+        description,
+        architecture: Architecture::X86_64,
+        owner_id: req.owner.clone(),
+        creation_date: now_rfc3339(),
+        state: ImageState::Available,
+        public: false,
+        launch_permissions: Vec::new(),
+        kernel,
+        initrd,
+        kernel_command_line: cmdline,
+        root_device_name: ROOT_DEVICE_NAME.into(),
+        block_device_mappings: mappings,
+        tags: req.tags.clone(),
+        source_image_id: None,
+        os_name: os.name,
+        os_version: os.version,
+        device_discovery: req.device_discovery,
+    }
+}
+
+/// Stage `image` and commit `txn`, checking under the lock that its name is still free.
+pub(super) fn commit_new_image(
+    mut txn: Txn<'_>,
+    image: Image,
+    started: std::time::Instant,
+) -> Result<Image> {
+    txn.put_image(&image)?;
+    let (chunks, bytes) = txn.new_chunks();
+    let staged = started.elapsed();
+    txn.commit(|s| s.check_name_free(&image.owner_id, &image.name, None))?;
+    log::info!(
+        "{}: staged {chunks} new chunks ({bytes} bytes) in {:.3} s, committed in {:.3} s",
+        image.image_id,
+        staged.as_secs_f64(),
+        (started.elapsed() - staged).as_secs_f64()
+    );
+    Ok(image)
 }

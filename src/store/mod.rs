@@ -65,6 +65,8 @@ pub mod accounts;
 pub mod backend;
 pub mod bundle;
 pub mod chunker;
+pub mod disk;
+pub mod disk_image;
 pub mod error;
 pub mod filter;
 pub mod fsio;
@@ -82,6 +84,7 @@ pub mod verify;
 pub mod view;
 
 pub use backend::{Collection, LocalDir, ObjectNs, ObjectStore};
+pub use disk_image::DiskImageRequest;
 pub use error::{Result, StoreError};
 pub use filter::{ImageFilter, OwnerFilter};
 pub use gc::GcReport;

@@ -52,6 +52,8 @@ pub enum SourceKind {
 pub struct OsRelease {
     pub name: Option<String>,
     pub version: Option<String>,
+    /// `PRETTY_NAME`, e.g. "Debian GNU/Linux 12 (bookworm)".
+    pub pretty_name: Option<String>,
 }
 
 /// A source opened for chunking. Owns any temporary file built for it (a directory's ext4
@@ -261,10 +263,15 @@ pub fn parse_os_release(text: &str) -> Option<OsRelease> {
         .or_else(|| vars.get("VERSION"))
         .or_else(|| vars.get("BUILD_ID"))
         .cloned();
-    if name.is_none() && version.is_none() {
+    let pretty_name = vars.get("PRETTY_NAME").cloned();
+    if name.is_none() && version.is_none() && pretty_name.is_none() {
         return None;
     }
-    Some(OsRelease { name, version })
+    Some(OsRelease {
+        name,
+        version,
+        pretty_name,
+    })
 }
 
 /// Candidate locations of os-release(5) inside a root file system, in order.
@@ -366,6 +373,10 @@ mod tests {
         let os = parse_os_release(t).unwrap();
         assert_eq!(os.name.as_deref(), Some("Debian GNU/Linux"));
         assert_eq!(os.version.as_deref(), Some("12"));
+        assert_eq!(
+            os.pretty_name.as_deref(),
+            Some("Debian GNU/Linux 12 (bookworm)")
+        );
         let os = parse_os_release("ID=alpine\nVERSION='3.19 x'\n").unwrap();
         assert_eq!(os.name.as_deref(), Some("alpine"));
         assert_eq!(os.version.as_deref(), Some("3.19 x"));

@@ -15,7 +15,7 @@ use super::manifest::{BlobRef, Image};
 use super::snapshot::Snapshot;
 use super::Store;
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -65,6 +65,17 @@ impl<'s> Txn<'s> {
     /// Chunks this transaction stored that the store did not have.
     pub fn new_chunks(&self) -> (u64, u64) {
         (self.new_chunks, self.new_bytes)
+    }
+
+    /// The files this transaction staged for objects of kind `ns` (under its scratch
+    /// directory until the commit moves them): what a reader of a staged snapshot needs
+    /// besides the store's own objects.
+    pub fn staged_files(&self, ns: ObjectNs) -> HashMap<ContentHash, PathBuf> {
+        self.objects
+            .iter()
+            .filter(|(n, _, _)| *n == ns)
+            .map(|(_, h, p)| (*h, p.clone()))
+            .collect()
     }
 
     fn have(&self, ns: ObjectNs, hash: &ContentHash) -> Result<bool> {

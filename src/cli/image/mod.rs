@@ -18,7 +18,9 @@ use crate::store::manifest::DeviceDiscovery as ImageDiscovery;
 use crate::store::manifest::{
     parse_tag, DEFAULT_CMDLINE, GIB, MAX_VOLUME_BYTES, MAX_VOLUME_SIZE_GIB,
 };
-use crate::store::{AccountId, CreateImageRequest, ImageFilter, ImageId, OwnerFilter, VolumeSpec};
+use crate::store::{
+    AccountId, CreateImageRequest, DiskImageRequest, ImageFilter, ImageId, OwnerFilter, VolumeSpec,
+};
 use crate::vmm::DeviceDiscovery;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -29,7 +31,8 @@ use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
-    /// Create an image from a kernel and a root volume (raw, qcow2 or directory).
+    /// Create an image from a kernel and a root volume (raw, qcow2 or directory), or from a
+    /// whole disk with its own kernel (--disk).
     Create(CreateArgs),
     /// List images you own, images shared with you, and public images.
     Ls(LsArgs),
@@ -92,17 +95,26 @@ pub struct CreateArgs {
     /// Image name: 3-128 letters, digits and ()[] ./-'@_
     #[arg(long)]
     name: String,
-    /// Kernel: an x86-64 ELF vmlinux or a bzImage.
-    #[arg(long, value_name = "FILE")]
-    kernel: PathBuf,
+    /// Kernel: an x86-64 ELF vmlinux or a bzImage (with --disk: instead of the disk's).
+    #[arg(long, value_name = "FILE", required_unless_present = "disk")]
+    kernel: Option<PathBuf>,
+    /// Initrd (with --disk: instead of the disk's).
     #[arg(long, value_name = "FILE")]
     initrd: Option<PathBuf>,
-    /// Kernel command line [default: console=ttyS0 root=/dev/vda rw].
+    /// Kernel command line [default: console=ttyS0 root=/dev/vda rw; with --disk:
+    /// console=ttyS0 root=UUID=<root file system> rw].
     #[arg(long, value_name = "S")]
     cmdline: Option<String>,
+    /// Add to the kernel command line.
+    #[arg(long, value_name = "ARGS")]
+    append: Option<String>,
     /// Root volume (/dev/vda): a raw disk image, a qcow2 image or a directory.
-    #[arg(long, value_name = "SRC")]
-    root: PathBuf,
+    #[arg(long, value_name = "SRC", required_unless_present = "disk")]
+    root: Option<PathBuf>,
+    /// A whole disk (raw or qcow2; GPT or MBR) as the root volume: the kernel, initrd,
+    /// root= and OS are read from it (ext2/3/4 root, its /boot or a /boot partition).
+    #[arg(long, value_name = "FILE", conflicts_with = "root")]
+    disk: Option<PathBuf>,
     /// Extra volume, /dev/vdb onwards (repeatable).
     #[arg(long = "volume", value_name = "SRC")]
     volumes: Vec<PathBuf>,
@@ -122,8 +134,9 @@ pub struct CreateArgs {
     /// instance: cmdline (virtio_mmio.device= arguments, micro-VM kernels) or acpi (DSDT
     /// entries, kernels like Debian's cloud kernel; `amivm stop` then presses the ACPI power
     /// button instead of sending Ctrl-Alt-Del).
-    #[arg(long, value_enum, default_value_t = DeviceDiscovery::Cmdline)]
-    device_discovery: DeviceDiscovery,
+    /// Default: acpi with --disk (a distribution's kernel), else cmdline.
+    #[arg(long, value_enum)]
+    device_discovery: Option<DeviceDiscovery>,
 }
 
 #[derive(Debug, Args)]
@@ -218,36 +231,7 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
     };
     match cmd {
         ImageCmd::Create(a) => {
-            let volumes = a
-                .volumes
-                .iter()
-                .map(|p| (p, false))
-                .chain(a.volumes_ro.iter().map(|p| (p, true)))
-                .map(|(p, ro)| VolumeSpec {
-                    source: p.clone(),
-                    read_only: ro,
-                })
-                .collect();
-            let req = CreateImageRequest {
-                owner: caller,
-                name: a.name,
-                description: a.description,
-                kernel: a.kernel,
-                initrd: a.initrd,
-                cmdline: a.cmdline,
-                root: a.root,
-                root_size: a.size.as_deref().map(parse_size).transpose()?,
-                volumes,
-                tags: parse_tags(&a.tags)?,
-                device_discovery: match a.device_discovery {
-                    DeviceDiscovery::Cmdline => ImageDiscovery::Cmdline,
-                    DeviceDiscovery::Acpi => ImageDiscovery::Acpi,
-                },
-            };
-            // The rules `amivm boot` applies: an image that could never boot is refused here.
-            let cmdline = req.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
-            crate::vmm::boot::check_image(&req.kernel, cmdline, 1 + req.volumes.len())?;
-            let img = store.create_image(&req, &Bar::stderr())?;
+            let img = create(&store, caller, a)?;
             if json {
                 print_json(&json!({ "ImageId": img.image_id }))?;
             } else {
@@ -351,6 +335,74 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `image create`: from a kernel and volumes, or from a whole disk.
+fn create(
+    store: &crate::store::Store,
+    owner: AccountId,
+    a: CreateArgs,
+) -> anyhow::Result<crate::store::Image> {
+    let volumes = a
+        .volumes
+        .iter()
+        .map(|p| (p, false))
+        .chain(a.volumes_ro.iter().map(|p| (p, true)))
+        .map(|(p, ro)| VolumeSpec {
+            source: p.clone(),
+            read_only: ro,
+        })
+        .collect();
+    let size = a.size.as_deref().map(parse_size).transpose()?;
+    let tags = parse_tags(&a.tags)?;
+    let discovery = |default| match a.device_discovery.unwrap_or(default) {
+        DeviceDiscovery::Cmdline => ImageDiscovery::Cmdline,
+        DeviceDiscovery::Acpi => ImageDiscovery::Acpi,
+    };
+    if let Some(disk) = a.disk {
+        let req = DiskImageRequest {
+            owner,
+            name: a.name,
+            description: a.description,
+            disk,
+            kernel: a.kernel,
+            initrd: a.initrd,
+            cmdline: a.cmdline,
+            append: a.append,
+            disk_size: size,
+            volumes,
+            tags,
+            device_discovery: discovery(DeviceDiscovery::Acpi),
+        };
+        return Ok(store.create_image_from_disk(&req, &Bar::stderr())?);
+    }
+    let (Some(kernel), Some(root)) = (a.kernel, a.root) else {
+        bail!("give --kernel and --root, or --disk");
+    };
+    let cmdline = match a.append.as_deref().map(str::trim).filter(|x| !x.is_empty()) {
+        Some(extra) => Some(format!(
+            "{} {extra}",
+            a.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE).trim_end()
+        )),
+        None => a.cmdline,
+    };
+    let req = CreateImageRequest {
+        owner,
+        name: a.name,
+        description: a.description,
+        kernel,
+        initrd: a.initrd,
+        cmdline,
+        root,
+        root_size: size,
+        volumes,
+        tags,
+        device_discovery: discovery(DeviceDiscovery::Cmdline),
+    };
+    // The rules `amivm boot` applies: an image that could never boot is refused here.
+    let cmdline = req.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+    crate::vmm::boot::check_image(&req.kernel, cmdline, 1 + req.volumes.len())?;
+    Ok(store.create_image(&req, &Bar::stderr())?)
 }
 
 fn print_permissions(img: &crate::store::Image, json: bool) -> anyhow::Result<()> {
