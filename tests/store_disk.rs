@@ -426,7 +426,13 @@ fn sample_kernel_from_a_disk_image_reaches_early_boot() {
         &env,
         "sample-disk",
         &disk,
-        &["--append", "reboot=k panic=1 pci=off"],
+        // The sample kernel has no ACPI: its disk must be announced on the command line.
+        &[
+            "--append",
+            "reboot=k panic=1 pci=off",
+            "--device-discovery",
+            "cmdline",
+        ],
     );
     let partuuid = tool(
         Command::new("sfdisk")
