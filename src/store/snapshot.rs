@@ -11,6 +11,10 @@ pub const CHUNK_SIZE: u64 = 512 * 1024;
 /// Volumes are whole 512-byte sectors (virtio-blk counts capacity in 512-byte sectors,
 /// virtio spec 1.2 §5.2.4).
 pub const SECTOR_SIZE: u64 = 512;
+/// The largest volume the store takes: 64 TiB, the largest EBS volume (io2 Block Express,
+/// "Amazon EBS volume types", maximum volume size 64 TiB). Bounds what an image import
+/// walks and what a launch has to create.
+pub const MAX_VOLUME_SIZE: u64 = 64 << 40;
 
 /// Snapshot states, as in EC2. Local snapshots are committed whole, so always `completed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
