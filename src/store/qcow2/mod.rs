@@ -18,7 +18,7 @@ pub mod table;
 
 use header::{inside, parse_header, Header, ENTRY_BYTES, HEADER_READ_LEN};
 use std::io;
-use table::{entry_at, inflate_cluster, l1_entry, l2_entry, Mapping, SUBCLUSTERS};
+use table::{entry_at, inflate_cluster, l1_entry, l2_entry, InflateError, Mapping, SUBCLUSTERS};
 use thiserror::Error;
 
 pub use header::QCOW2_MAGIC;
@@ -41,6 +41,13 @@ pub enum Qcow2Error {
     /// The tables or clusters are inconsistent (what `qemu-img check` calls corruption).
     #[error("invalid qcow2 image: {0}")]
     Layout(String),
+    /// A compressed cluster does not inflate to exactly one cluster.
+    #[error("invalid qcow2 image: the compressed cluster at guest offset {guest:#x} {source}")]
+    Inflate {
+        guest: u64,
+        #[source]
+        source: InflateError,
+    },
     /// Reading the file failed.
     #[error("read at byte {offset}: {source}")]
     Io {
@@ -219,12 +226,14 @@ impl<R: ReadAt + ?Sized> Qcow2Image<R> {
                 };
                 if host >= self.file_len {
                     return Err(Qcow2Error::layout(format!(
-                        "guest cluster {gc} maps to {host:#x}, beyond the end of the file"
+                        "guest offset {:#x} maps to {host:#x}, beyond the end of the file",
+                        gc << self.header.cluster_bits
                     )));
                 }
                 if let Some(r) = overlap(&self.meta, host, end.min(self.file_len)) {
                     return Err(Qcow2Error::layout(format!(
-                        "guest cluster {gc} maps to {host:#x}, into metadata at {:#x}",
+                        "guest offset {:#x} maps to {host:#x}, into metadata at {:#x}",
+                        gc << self.header.cluster_bits,
                         r.0
                     )));
                 }
@@ -353,8 +362,10 @@ impl<R: ReadAt + ?Sized> Qcow2Image<R> {
             read(&*self.src, &mut input, host)?;
             let mut out = self.inflated.take().map(|(_, b)| b).unwrap_or_default();
             out.resize(cs, 0);
-            let used = inflate_cluster(&input, &mut out)
-                .map_err(|e| Qcow2Error::layout(format!("guest cluster {gc}: {e}")))?;
+            let used = inflate_cluster(&input, &mut out).map_err(|source| Qcow2Error::Inflate {
+                guest: gc << self.header.cluster_bits,
+                source,
+            })?;
             if self.counted_up_to.is_none_or(|c| gc > c) {
                 self.counted_up_to = Some(gc);
                 self.compressed_in += used;

@@ -6,6 +6,18 @@
 use super::header::Header;
 use super::Qcow2Error;
 use flate2::{Decompress, FlushDecompress, Status};
+use thiserror::Error;
+
+/// Why a compressed cluster cannot be inflated.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum InflateError {
+    #[error("is not a valid deflate stream ({0})")]
+    Invalid(String),
+    #[error("inflates to {produced} bytes, short of the {cluster}-byte cluster")]
+    Short { produced: usize, cluster: usize },
+    #[error("inflates beyond the {cluster}-byte cluster")]
+    Beyond { cluster: usize },
+}
 
 /// Bits 9-55 of an L1 entry or a standard L2 entry: the host offset (qcow2.rst, "L1 table
 /// entry" and "Standard Cluster Descriptor").
@@ -131,13 +143,9 @@ pub fn entry_at(table: &[u8], i: usize) -> u64 {
 /// (the descriptor only counts whole sectors); unlike QEMU, which silently keeps the first
 /// cluster's worth, a stream that would produce more is refused, and so is one that
 /// produces less. Memory use is `out` and a fixed-size inflater, whatever the input.
-pub fn inflate_cluster(input: &[u8], out: &mut [u8]) -> Result<u64, Qcow2Error> {
+pub fn inflate_cluster(input: &[u8], out: &mut [u8]) -> Result<u64, InflateError> {
     let mut z = Decompress::new(false);
-    let bad = |e: flate2::DecompressError| {
-        Qcow2Error::layout(format!(
-            "compressed cluster is not a valid deflate stream: {e}"
-        ))
-    };
+    let bad = |e: flate2::DecompressError| InflateError::Invalid(e.to_string());
     // Both totals are bounded by the slices given, so they fit in usize.
     let at = |z: &Decompress| (z.total_in() as usize, z.total_out() as usize);
     let mut ended = false;
@@ -153,10 +161,10 @@ pub fn inflate_cluster(input: &[u8], out: &mut [u8]) -> Result<u64, Qcow2Error> 
     }
     let produced = at(&z).1;
     if produced < out.len() {
-        return Err(Qcow2Error::layout(format!(
-            "compressed cluster inflates to {produced} bytes, short of the {}-byte cluster",
-            out.len()
-        )));
+        return Err(InflateError::Short {
+            produced,
+            cluster: out.len(),
+        });
     }
     // The cluster is full: does the stream want to produce more? An error here means the
     // input stopped short after the cluster was full, which QEMU accepts too.
@@ -165,10 +173,7 @@ pub fn inflate_cluster(input: &[u8], out: &mut [u8]) -> Result<u64, Qcow2Error> 
         let (i, o) = at(&z);
         match z.decompress(&input[i..], &mut more, FlushDecompress::None) {
             Ok(_) if at(&z).1 > o => {
-                return Err(Qcow2Error::layout(format!(
-                    "compressed cluster inflates beyond the {}-byte cluster",
-                    out.len()
-                )));
+                return Err(InflateError::Beyond { cluster: out.len() });
             }
             Ok(status) => ended = status == Status::StreamEnd || at(&z).0 == i,
             Err(_) => ended = true,
