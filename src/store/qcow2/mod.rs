@@ -418,7 +418,7 @@ mod tests {
         f[96..100].copy_from_slice(&4u32.to_be_bytes());
         f[100..104].copy_from_slice(&112u32.to_be_bytes());
         let l1 = 3 * CS + 8;
-        f[l1..l1 + 8].copy_from_slice(&(L2_COPIED | 4 * CS as u64).to_be_bytes());
+        f[l1..l1 + 8].copy_from_slice(&(L2_COPIED | (4 * CS as u64)).to_be_bytes());
         for &(j, e) in l2 {
             f[4 * CS + 8 * j..4 * CS + 8 * j + 8].copy_from_slice(&e.to_be_bytes());
         }
@@ -444,9 +444,9 @@ mod tests {
         let b = vec![0xbb; 100];
         let f = image(
             &[
-                (3, L2_COPIED | 5 * CS as u64),
+                (3, L2_COPIED | (5 * CS as u64)),
                 (7, table::L2_ZERO),
-                (9, L2_COPIED | 6 * CS as u64),
+                (9, L2_COPIED | (6 * CS as u64)),
             ],
             &[&a, &b],
         );
@@ -475,7 +475,7 @@ mod tests {
             .compress_vec(&want, &mut z, FlushCompress::Finish)
             .unwrap();
         let sectors = z.len().div_ceil(512) as u64;
-        let e = L2_COMPRESSED | ((sectors - 1) << 54) | 5 * CS as u64;
+        let e = L2_COMPRESSED | ((sectors - 1) << 54) | (5 * CS as u64);
         let mut img = open(image(&[(0, e)], &[&z])).unwrap();
         let mut buf = vec![0u8; CS];
         assert!(img.read_at(&mut buf, guest(0)).unwrap());
