@@ -318,6 +318,14 @@ mod tests {
         }
         assert!(src.read_chunk(2, &mut buf).unwrap());
         assert_eq!(&buf[10..15], b"hello");
+        // The walk jumps to the data (file systems without SEEK_DATA: every chunk may hold
+        // data).
+        let first = src.next_data(0).unwrap();
+        assert!(first == Some(2) || first == Some(0), "{first:?}");
+        assert_eq!(src.next_data(2).unwrap(), Some(2));
+        let after = src.next_data(3).unwrap();
+        assert!(after.is_none() || after == Some(3), "{after:?}");
+        assert_eq!(src.next_data(4).unwrap(), None);
         let odd = dir.path().join("odd.raw");
         std::fs::write(&odd, b"abc").unwrap();
         assert!(RawSource::open(&odd).is_err());
