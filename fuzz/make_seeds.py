@@ -4,6 +4,7 @@ when a corpus is empty): well-formed requests and a driver's bring-up sequence, 
 fuzzers start from deep inside the device instead of at the first check."""
 import os
 import struct
+import zlib
 
 N, W = 1, 2  # VRING_DESC_F_NEXT, VRING_DESC_F_WRITE (virtio 1.2, 2.7.5)
 
@@ -57,6 +58,42 @@ def main():
            op(12, 0, 0, 0), op(0, 3, 0x100, 0), op(4, 2, 0x64, 1), op(4, 2, 0x70, 0),
            op(14, 2, 0, 0x2000)]
     open(os.path.join(mmio, 'seed-bringup'), 'wb').write(b''.join(seq))
+
+    qcow2 = os.path.join(here, 'corpus', 'qcow2')
+    os.makedirs(qcow2, exist_ok=True)
+    for version in (2, 3):
+        open(os.path.join(qcow2, 'seed-v%d' % version), 'wb').write(small_qcow2(version))
+
+
+def small_qcow2(version):
+    """A 1 MiB qcow2 image with 512-byte clusters (QEMU docs/interop/qcow2.rst), small enough
+    for libFuzzer's max_len: header, refcount table and block, an L1 table with two L2
+    tables, two data clusters, a zero cluster (v3) and a deflate-compressed cluster."""
+    cs = 512
+    f = bytearray(9 * cs)
+    hlen = 72 if version == 2 else 112
+    f[0:72] = struct.pack('>4sIQIIQIIQQIIQ', b'QFI\xfb', version, 0, 0, 9, 1 << 20, 0, 32,
+                          3 * cs, 1 * cs, 1, 0, 0)
+    if version == 3:
+        f[72:112] = struct.pack('>QQQII', 0, 0, 0, 4, hlen) + bytes(8)
+    f[cs:cs + 8] = struct.pack('>Q', 2 * cs)                          # refcount block
+    for i in range(9):
+        f[2 * cs + 2 * i:2 * cs + 2 * i + 2] = struct.pack('>H', 1)
+    copied, compressed = 1 << 63, 1 << 62
+    f[3 * cs:3 * cs + 8] = struct.pack('>Q', copied | 4 * cs)         # L1[0] -> L2 a
+    f[3 * cs + 31 * 8:3 * cs + 32 * 8] = struct.pack('>Q', copied | 5 * cs)  # L1[31] -> L2 b
+    f[4 * cs:4 * cs + 8] = struct.pack('>Q', copied | 6 * cs)         # data
+    if version == 3:
+        f[4 * cs + 8:4 * cs + 16] = struct.pack('>Q', 1)              # zero cluster
+    z = zlib.compressobj(9, zlib.DEFLATED, -12)
+    stream = z.compress(bytes(range(256)) * 2) + z.flush()
+    sectors = (len(stream) + cs - 1) // cs
+    f[4 * cs + 16:4 * cs + 24] = struct.pack('>Q', compressed | ((sectors - 1) << 61) | 7 * cs)
+    f[7 * cs:7 * cs + len(stream)] = stream
+    f[5 * cs + 63 * 8:5 * cs + 64 * 8] = struct.pack('>Q', copied | 8 * cs)  # last cluster
+    f[6 * cs:7 * cs] = b'amivm qcow2 fuzz seed\n'.ljust(cs, b'.')
+    f[8 * cs:9 * cs] = bytes(range(256)) * 2
+    return bytes(f)
 
 
 if __name__ == '__main__':

@@ -13,11 +13,12 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(blk_request mmio_registers)
+    targets=(blk_request mmio_registers qcow2)
 fi
 command -v cargo-fuzz >/dev/null || { echo "fuzz.sh: cargo-fuzz is not installed (cargo install cargo-fuzz)" >&2; exit 2; }
 status=0
-if command -v python3 >/dev/null && [ -z "$(ls -A corpus/blk_request 2>/dev/null)" ]; then
+if command -v python3 >/dev/null && { [ -z "$(ls -A corpus/blk_request 2>/dev/null)" ] ||
+    [ -z "$(ls -A corpus/qcow2 2>/dev/null)" ]; }; then
     python3 make_seeds.py
 fi
 for t in "${targets[@]}"; do

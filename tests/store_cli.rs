@@ -490,7 +490,7 @@ fn errors_are_one_line_and_leave_the_store_unchanged() {
                 "--root",
                 bad_qcow.to_str().unwrap(),
             ],
-            "unreadable qcow2",
+            "qcow2 version",
         ),
         (
             vec![

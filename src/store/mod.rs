@@ -75,6 +75,7 @@ pub mod ids;
 pub mod images;
 pub mod layout;
 pub mod manifest;
+pub mod qcow2;
 pub mod records;
 pub mod snapshot;
 pub mod snapshots;

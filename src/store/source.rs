@@ -1,9 +1,10 @@
 //! Inputs of `image create`: volume sources (raw file, qcow2 image, directory), the OS name
 //! and version from `/etc/os-release`, and kernel format detection.
 
-use super::chunker::{ChunkSource, Qcow2Source, RawSource, QCOW2_MAGIC};
+use super::chunker::{ChunkSource, Qcow2Source, RawSource};
 use super::error::{Result, StoreError};
 use super::manifest::KernelFormat;
+use super::qcow2::QCOW2_MAGIC;
 use crate::files;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
