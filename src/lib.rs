@@ -6,9 +6,11 @@
 //!   point of the device model and the image store.
 //! - [`store`]: the image store: images, snapshots, blobs, accounts.
 //! - [`instance`]: instances launched from images, instance types.
+//! - [`api`]: `amivm serve`, the EC2 Query API over the store and instances.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod api;
 pub mod cli;
 pub mod instance;
 pub mod store;

@@ -140,6 +140,7 @@ pub fn create(
         console_log,
         volumes,
         process: None,
+        tags: Default::default(),
     };
     record::put(store, &inst).map_err(cleanup)?;
     Ok((inst, lock))
