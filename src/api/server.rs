@@ -86,6 +86,7 @@ pub fn serve(
             "max_head_bytes must be at least 8192".into(),
         ));
     }
+    raise_fd_limit(limits.max_connections);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(IO_THREADS)
         .max_blocking_threads(limits.worker_threads)
@@ -114,6 +115,32 @@ pub fn serve(
         }
         Ok(())
     })
+}
+
+/// Descriptors the server needs besides its connections (store files, instance processes'
+/// pipes, the runtime).
+const SPARE_FDS: u64 = 256;
+
+/// Raise the soft RLIMIT_NOFILE so `max_connections` sockets fit (many systems start at 1024),
+/// up to the hard limit.
+fn raise_fd_limit(max_connections: usize) {
+    let want = max_connections as u64 + SPARE_FDS;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the rlimit struct we pass, which lives across the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= want {
+        return;
+    }
+    lim.rlim_cur = want.min(lim.rlim_max);
+    // SAFETY: setrlimit only reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        log::warn!(
+            "cannot raise the open-file limit to {want}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 struct Shared {
