@@ -52,31 +52,38 @@ fn hostile_clients_do_not_hold_or_break_the_server() {
     good(&server);
     let (rss0, _) = server.memory_kib();
 
-    // A 100 MB body: refused from its Content-Length, before it is read.
+    // A 100 MB body: refused from its Content-Length, before any of it is read.
     let mut s = connect(&server);
     let t0 = Instant::now();
     s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 104857600\r\n\r\n")
         .unwrap();
-    let _ = s.write_all(&vec![b'a'; 1 << 20]);
     let (status, body) = read_response(&mut s).expect("answer to a 100 MB body");
-    assert_eq!(
-        (status, error_code(&body)),
-        (413, Some("RequestEntityTooLarge")),
-        "{body}"
-    );
+    assert_eq!((status, error_code(&body)), (413, Some("RequestEntityTooLarge")), "{body}");
     assert!(t0.elapsed() < PROMPT);
-    // The same with no Content-Length (chunked): cut off at the limit.
+    // The same with no Content-Length (chunked): cut off at the limit. The server answers 413
+    // and closes while the client is still sending, so the client may see a reset instead.
     let mut s = connect(&server);
-    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
-        .unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
     let chunk = format!("{:x}\r\n{}\r\n", 1 << 16, "a".repeat(1 << 16));
+    let t0 = Instant::now();
     for _ in 0..(100 << 20) / (1 << 16) {
         if s.write_all(chunk.as_bytes()).is_err() {
             break;
         }
     }
-    let (status, _) = read_response(&mut s).expect("answer to a chunked 100 MB body");
-    assert_eq!(status, 413);
+    match read_response(&mut s) {
+        Ok((status, _)) => assert_eq!(status, 413),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+            "chunked 100 MB body: {e}"
+        ),
+    }
+    assert!(t0.elapsed() < Duration::from_secs(30), "{:?}", t0.elapsed());
     good(&server);
 
     // 10 000 headers, and 150 (over the header count, under the size limit).

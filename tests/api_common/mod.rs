@@ -179,7 +179,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
         // Instances the server started run in their own sessions: stop what is left.
-        let _ = self.env.run(&["ps", "--output", "json"]);
         if let Ok(list) = serde_json::from_str::<Vec<serde_json::Value>>(
             &self.env.run(&["ps", "--output", "json"]).stdout,
         ) {
