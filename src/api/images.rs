@@ -167,7 +167,7 @@ pub fn describe_images(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
     }
     images.sort_by(|a, b| a.image_id.cmp(&b.image_id));
     let (images, next) = page(images, |i| i.image_id.as_str(), p.get("NextToken"), max)?;
-    x.list("imagesSet", &images, |x, i| render_image(x, i));
+    x.list("imagesSet", &images, render_image);
     x.leaf_opt("nextToken", next.as_deref());
     Ok(())
 }
@@ -463,9 +463,11 @@ pub fn reset_image_attribute(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
                 .modify_image(&ctx.caller, &img.image_id, Some(""), &BTreeMap::new(), &[])
                 .map_err(err)?;
         }
-        other => return Err(ApiError::invalid(format!(
+        other => {
+            return Err(ApiError::invalid(format!(
             "Value ({other}) for parameter attribute is invalid (launchPermission or description)"
-        ))),
+        )))
+        }
     }
     x.bool("return", true);
     Ok(())

@@ -85,10 +85,10 @@ pub fn spawn(store: &Store, inst: &Instance, lock: RunLock, opts: &DetachOptions
 }
 
 /// How the background start went.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Started {
     /// The instance left `pending` (it runs, or already ended).
-    Left(Instance),
+    Left,
     /// `--rm`: it ran, ended and removed itself.
     Removed,
     /// Still pending after `limit`.
@@ -121,7 +121,7 @@ pub fn wait_started(
             Some(i) if i.state_reason.starts_with(LAUNCH_FAILED) => {
                 return Err(not_started(inst, &i.state_reason));
             }
-            Some(i) => return Ok(Started::Left(i)),
+            Some(_) => return Ok(Started::Left),
         }
         if t0.elapsed() > limit {
             return Ok(Started::StillPending);

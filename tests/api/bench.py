@@ -14,7 +14,7 @@ from ec2env import *
 
 N_IMAGES = int(os.environ.get("BENCH_IMAGES", "10000"))
 N_INSTANCES = int(os.environ.get("BENCH_INSTANCES", "100"))
-RUNS = int(os.environ.get("BENCH_RUNS", "200"))
+RUNS = int(os.environ.get("BENCH_RUNS", "50"))
 
 
 def populate_amivm_images(store, ami, n):
