@@ -58,12 +58,17 @@ fn hostile_clients_do_not_hold_or_break_the_server() {
     s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 104857600\r\n\r\n")
         .unwrap();
     let (status, body) = read_response(&mut s).expect("answer to a 100 MB body");
-    assert_eq!((status, error_code(&body)), (413, Some("RequestEntityTooLarge")), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, Some("RequestEntityTooLarge")),
+        "{body}"
+    );
     assert!(t0.elapsed() < PROMPT);
     // The same with no Content-Length (chunked): cut off at the limit. The server answers 413
     // and closes while the client is still sending, so the client may see a reset instead.
     let mut s = connect(&server);
-    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
     let chunk = format!("{:x}\r\n{}\r\n", 1 << 16, "a".repeat(1 << 16));
     let t0 = Instant::now();
     for _ in 0..(100 << 20) / (1 << 16) {
