@@ -6,7 +6,7 @@ use super::form::parse_form;
 use super::params::Params;
 use super::sigv4::{self, SigError};
 use super::xml::{error_document, Xml};
-use super::{images, instances, meta, Api};
+use super::{images, instances, meta, snapshots, Api};
 use crate::store::AccountId;
 
 /// A received HTTP request, as the dispatcher needs it.
@@ -117,7 +117,7 @@ const ACTIONS: &[Action] = &[
     },
     Action {
         name: "DescribeSnapshots",
-        handler: images::describe_snapshots,
+        handler: snapshots::describe_snapshots,
         params: &[
             "SnapshotId",
             "Owner",
@@ -129,7 +129,7 @@ const ACTIONS: &[Action] = &[
     },
     Action {
         name: "DeleteSnapshot",
-        handler: images::delete_snapshot,
+        handler: snapshots::delete_snapshot,
         params: &["SnapshotId"],
     },
     Action {
