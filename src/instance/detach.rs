@@ -78,9 +78,12 @@ pub fn spawn(store: &Store, inst: &Instance, lock: RunLock, opts: &DetachOptions
     // The child has its own copy of the lock descriptor now (or failed to start).
     drop(lock);
     spawned.map_err(|e| {
-        let why = format!("cannot start the background amivm process: {e}");
-        mark_failed(store, inst, &why);
-        InstanceError::io(why, e)
+        mark_failed(
+            store,
+            inst,
+            &format!("cannot start the background amivm process: {e}"),
+        );
+        InstanceError::io("cannot start the background amivm process", e)
     })
 }
 
