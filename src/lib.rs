@@ -8,9 +8,11 @@
 //! - [`instance`]: instances launched from images, instance types.
 //! - [`files`]: opening the files a user names, refusing FIFOs and devices before open(2).
 //! - [`text`]: characters user text may not contain, and escaping for terminals.
+//! - [`api`]: `amivm serve`, the EC2 Query API over the store and instances.
 
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod api;
 pub mod cli;
 pub mod files;
 pub mod instance;

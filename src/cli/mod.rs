@@ -2,12 +2,14 @@
 //!
 //! This is the only module that uses `anyhow`; everything below it returns typed errors.
 
+mod account;
 mod boot;
 mod drive;
 pub mod exit;
 mod image;
 mod instance;
 mod output;
+mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -90,6 +92,11 @@ pub enum Command {
     Store(image::StoreCmd),
     #[command(flatten)]
     Instance(instance::InstanceCmd),
+    /// Serve the EC2 API (Query protocol, SigV4) for the AWS CLI, boto3 and EC2 tools.
+    Serve(serve::ServeArgs),
+    /// Access keys for `amivm serve`.
+    #[command(subcommand)]
+    Account(account::AccountCmd),
 }
 
 /// Parse the command line, run it, and return the process exit code.
@@ -115,6 +122,8 @@ pub fn main() -> i32 {
         Command::Gc => image::run_gc(&cli.global),
         Command::Store(cmd) => image::run_store(cmd, &cli.global),
         Command::Instance(cmd) => instance::run(cmd, &cli.global),
+        Command::Serve(args) => serve::run(args, &cli.global),
+        Command::Account(cmd) => account::run(cmd, &cli.global),
     };
     match result {
         Ok(code) => code,

@@ -5,7 +5,7 @@
 //! `pending`. [`boot`] runs it to the end in this process: `running` once the VM is built, and
 //! `stopped` or `terminated` once it ends ([`state_after`]).
 
-use super::dir::InstanceDir;
+use super::dir::{Access, InstanceDir};
 use super::lock::{process_start_ticks, RunLock};
 use super::record::{self, generate_id, generate_volume_id, Instance, InstanceVolume, ProcessInfo};
 use super::state::{InstanceState, ShutdownBehavior};
@@ -147,6 +147,7 @@ pub fn create(
         serial_log,
         volumes,
         process: None,
+        tags: Default::default(),
     };
     record::put(store, &inst).map_err(cleanup)?;
     Ok((inst, lock))
@@ -513,5 +514,17 @@ mod tests {
     fn overlay_names() {
         assert_eq!(overlay_name("/dev/vda"), "vda.cow");
         assert_eq!(overlay_name("/dev/vdb"), "vdb.cow");
+    }
+}
+
+/// The instance's `console.log`, opened only as a regular file inside its directory; `None`
+/// while it does not exist.
+pub fn open_console_log(dir: &InstanceDir) -> Result<Option<std::fs::File>> {
+    match dir.open_file(CONSOLE_LOG, Access::Read) {
+        Ok(f) => Ok(Some(f)),
+        Err(InstanceError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }

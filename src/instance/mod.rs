@@ -11,6 +11,8 @@
 //! - [`lock`]: the run lock an instance's amivm process holds while it runs the VM.
 //! - [`launch`]: creating an instance and booting it (`amivm run`, `amivm start`).
 //! - [`lifecycle`]: stop and terminate.
+//! - [`tags`]: instance tags.
+//! - [`detach`]: running an instance in a background process (`--detach`, `amivm serve`).
 //! - [`create_image`]: a new AMI from an instance's volumes, incremental over its snapshots.
 //!
 //! Whoever runs the VM holds an flock on `run.lock` for as long as it runs, so any command can
@@ -19,6 +21,7 @@
 //! intact up to the guest's last flush.
 
 pub mod create_image;
+pub mod detach;
 pub mod dir;
 pub mod launch;
 pub mod lifecycle;
@@ -26,6 +29,7 @@ pub mod lock;
 pub mod process;
 pub mod record;
 pub mod state;
+pub mod tags;
 pub mod types;
 
 pub use record::{Instance, InstanceVolume};
@@ -63,6 +67,9 @@ pub enum InstanceError {
     /// The process a record names is not the one running the instance: not signalled.
     #[error("{0}")]
     NotOurProcess(String),
+    /// A background launch ended before the VM ran.
+    #[error("instance {id} did not start: {why}")]
+    NotStarted { id: String, why: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

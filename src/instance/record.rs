@@ -8,6 +8,7 @@ use crate::store::manifest::now_rfc3339;
 use crate::store::{AccountId, Image, Record, SnapshotId, Store, StoreRefs};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The record kind instances use in the store (`records/instances/`).
@@ -92,6 +93,9 @@ pub struct Instance {
     /// The process running it, while it is active.
     #[serde(default)]
     pub process: Option<ProcessInfo>,
+    /// Tags (`amivm serve`: RunInstances' TagSpecifications, CreateTags, DeleteTags).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 impl Instance {

@@ -81,6 +81,24 @@ impl ImageFilter {
         Ok(f)
     }
 
+    /// Add one condition: `name` with any of `values` (no splitting at commas, as in the EC2
+    /// API's `Filter.N.Value.M`).
+    pub fn add(&mut self, name: &str, values: Vec<String>) -> Result<()> {
+        let known = FILTER_NAMES.contains(&name)
+            || name.strip_prefix("tag:").is_some_and(|k| !k.is_empty());
+        if !known {
+            return Err(StoreError::Invalid(format!(
+                "unknown filter '{name}' (known: {})",
+                FILTER_NAMES.join(", ")
+            )));
+        }
+        self.conds
+            .entry(name.to_string())
+            .or_default()
+            .extend(values);
+        Ok(())
+    }
+
     /// Whether `image` passes every condition.
     pub fn matches(&self, image: &Image) -> bool {
         self.conds.iter().all(|(name, values)| {

@@ -61,6 +61,7 @@
 //! [`Store::update_record`], [`Store::get_record`], [`Store::list_records`],
 //! [`Store::delete_record`], [`Store::record_data_dir`].
 
+pub mod access_keys;
 pub mod accounts;
 pub mod backend;
 pub mod bundle;

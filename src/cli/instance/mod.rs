@@ -6,9 +6,8 @@ mod run;
 
 use super::output::{open_store as open, print_json, print_out};
 use super::{exit, GlobalOpts, OutputFormat};
-use crate::instance::dir::{Access, InstanceDir};
-use crate::instance::launch::CONSOLE_LOG;
-use crate::instance::{self, lifecycle, record, types, InstanceError, ShutdownBehavior};
+use crate::instance::dir::InstanceDir;
+use crate::instance::{self, lifecycle, record, types, ShutdownBehavior};
 use crate::store::{AccountId, Store};
 use clap::{Args, Subcommand};
 use std::io::{Read, Seek, Write};
@@ -255,16 +254,8 @@ fn report_state(i: &instance::Instance, store: &Store, json: bool) -> anyhow::Re
 /// How often `logs --follow` looks for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(100);
 
-/// The instance's `console.log`, opened only as a regular file inside its directory; `None`
-/// while it does not exist.
 fn open_console_log(dir: &InstanceDir) -> anyhow::Result<Option<std::fs::File>> {
-    match dir.open_file(CONSOLE_LOG, Access::Read) {
-        Ok(f) => Ok(Some(f)),
-        Err(InstanceError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
+    Ok(crate::instance::launch::open_console_log(dir)?)
 }
 
 fn logs(store: &Store, caller: &AccountId, id: &str, follow: bool) -> anyhow::Result<i32> {

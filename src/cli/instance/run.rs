@@ -4,23 +4,14 @@ use super::super::boot::{report_exit, timeout_from};
 use super::super::{exit, GlobalOpts};
 use super::{open, RunArgs, RunInstanceArgs, StartArgs};
 use crate::files;
-use crate::instance::dir::Access;
-use crate::instance::launch::{self, BootOptions, LaunchRequest, LAUNCH_FAILED};
+use crate::instance::detach::{self, DetachOptions, Started, DETACH_WAIT};
+use crate::instance::launch::{self, BootOptions, LaunchRequest};
 use crate::instance::lock::RunLock;
-use crate::instance::{lifecycle, record, types, Instance, InstanceState};
+use crate::instance::{lifecycle, record, types, Instance};
 use crate::store::Store;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use regex::Regex;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// The detached process's own diagnostics (not the console) go to this file in the instance
-/// directory.
-const DETACHED_LOG: &str = "amivm.log";
-/// How long `--detach` waits for the instance to leave `pending` before returning anyway.
-const DETACH_WAIT: Duration = Duration::from_secs(30);
-/// How often it looks.
-const DETACH_POLL: Duration = Duration::from_millis(20);
+use std::time::Duration;
 
 fn parse_expect(e: Option<&str>) -> anyhow::Result<Option<Regex>> {
     e.map(|r| Regex::new(r).with_context(|| format!("--expect {r:?} is not a valid regex")))
@@ -136,108 +127,23 @@ fn detach(
     expect: Option<&str>,
     first_launch: bool,
 ) -> anyhow::Result<i32> {
-    let dir = inst.dir(store)?;
-    let log_path = dir.path().join(DETACHED_LOG);
-    let log = dir.open_file(DETACHED_LOG, Access::AppendCreate)?;
-    let fd = lock.share_with_child()?;
-    let exe = std::env::current_exe().context("cannot find the amivm executable")?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("--store")
-        .arg(store.dir())
-        .arg("--account")
-        .arg(inst.owner_id.as_str())
-        .arg("--log-level")
-        .arg(g.log_level.as_str())
-        .arg("__run-instance")
-        .arg(&inst.instance_id)
-        .arg("--lock-fd")
-        .arg(fd.to_string());
-    if let Some(t) = timeout {
-        cmd.arg("--timeout").arg(t.to_string());
-    }
-    if let Some(e) = expect {
-        cmd.arg("--expect").arg(e);
-    }
-    if first_launch {
-        cmd.arg("--first-launch");
-        if let Some(p) = &inst.serial_log {
-            cmd.arg("--serial-log").arg(p);
-        }
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log));
-    let spawned = cmd.spawn();
-    // The child has its own copy of the lock descriptor now (or failed to start).
-    drop(lock);
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            mark_failed(
-                store,
-                inst,
-                &format!("cannot start the background process: {e}"),
-            );
-            bail!("cannot start the background amivm process: {e}");
-        }
+    let opts = DetachOptions {
+        exe: std::env::current_exe().context("cannot find the amivm executable")?,
+        log_level: g.log_level.as_str().to_string(),
+        timeout,
+        expect: expect.map(str::to_string),
+        first_launch,
     };
-    let t0 = Instant::now();
-    loop {
-        let exited = child.try_wait()?;
-        match record::get(store, &inst.instance_id)? {
-            // `--rm`: it ran, ended and removed itself.
-            None => break,
-            Some(i) if i.state == InstanceState::Pending => {
-                if exited.is_some() {
-                    let why = last_line(&log_path);
-                    mark_failed(store, inst, &format!("{LAUNCH_FAILED}: {why}"));
-                    bail!("instance {} did not start: {why}", inst.instance_id);
-                }
-            }
-            Some(i) if i.state_reason.starts_with(LAUNCH_FAILED) => {
-                bail!(
-                    "instance {} did not start: {}",
-                    inst.instance_id,
-                    i.state_reason
-                );
-            }
-            Some(_) => break,
-        }
-        if t0.elapsed() > DETACH_WAIT {
-            eprintln!(
-                "amivm: warning: {} is still pending after {} s",
-                inst.instance_id,
-                DETACH_WAIT.as_secs()
-            );
-            break;
-        }
-        std::thread::sleep(DETACH_POLL);
+    let mut child = detach::spawn(store, inst, lock, &opts)?;
+    if detach::wait_started(store, inst, &mut child, DETACH_WAIT)? == Started::StillPending {
+        eprintln!(
+            "amivm: warning: {} is still pending after {} s",
+            inst.instance_id,
+            DETACH_WAIT.as_secs()
+        );
     }
     println!("{}", inst.instance_id);
     Ok(exit::GUEST_STOPPED)
-}
-
-/// The last non-empty line of a log file, without amivm's error prefix.
-fn last_line(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .map(|l| l.trim_start_matches("amivm: error: ").to_string())
-        })
-        .unwrap_or_else(|| "the background amivm process exited".into())
-}
-
-/// Record a failed background start (the lock is free by then).
-fn mark_failed(store: &Store, inst: &Instance, why: &str) {
-    let _ = record::update(store, &inst.instance_id, |i| {
-        i.state = InstanceState::Stopped;
-        i.state_reason = why.to_string();
-        i.process = None;
-        Ok(())
-    });
 }
 
 /// The detached side: a new session, the inherited lock, the VM run to the end.
