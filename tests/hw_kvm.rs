@@ -103,3 +103,121 @@ fn sample_image_boots_to_its_banner() {
     );
     let _ = std::fs::remove_file(&overlay);
 }
+
+/// The Debian 12 AMI of the recipe (issue 9, test 6): boots on t3.micro to its banner; a guest
+/// `poweroff` (the ACPI sleep register) leaves the instance `stopped`; `amivm stop` presses the
+/// ACPI power button and systemd shuts down cleanly within the grace period; create-image of
+/// the instance boots again.
+#[test]
+fn debian_12_ami_boots_powers_off_and_stops_cleanly() {
+    if let Some(why) = no_hardware_kvm() {
+        return skip("debian_12_ami_boots_powers_off_and_stops_cleanly", &why);
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let disk = std::env::var_os("AMIVM_DEBIAN_DISK")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo.join(".cache/debian-image/disk.img"));
+    if !disk.exists() {
+        return skip(
+            "debian_12_ami_boots_powers_off_and_stops_cleanly",
+            "no Debian 12 AMI disk: scripts/build-debian-image.sh --no-register builds it as root",
+        );
+    }
+    let store = tempfile::tempdir().unwrap();
+    let amivm = |args: &[&str], limit: u64| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_amivm"));
+        c.arg("--store").arg(store.path()).args(args);
+        run_with_deadline(c, Duration::from_secs(limit))
+    };
+    let out = amivm(
+        &[
+            "image",
+            "create",
+            "--name",
+            "debian-12",
+            "--disk",
+            disk.to_str().unwrap(),
+        ],
+        300,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    // Banner and a root shell on the console.
+    let out = amivm(
+        &[
+            "run",
+            "debian-12",
+            "-t",
+            "t3.micro",
+            "--rm",
+            "--timeout",
+            "240",
+            "--expect",
+            "root@amivm-debian",
+        ],
+        300,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stdout
+            .contains("amivm-debian: booted Debian GNU/Linux 12"),
+        "{}",
+        out.describe()
+    );
+    // The guest's own poweroff: a clean stop, the instance stopped.
+    let out = amivm(
+        &[
+            "run",
+            "debian-12",
+            "--name",
+            "off",
+            "--append",
+            "systemd.unit=poweroff.target",
+            "--timeout",
+            "240",
+        ],
+        300,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let ps = amivm(&["--output", "json", "ps", "--all"], 30);
+    assert!(ps.stdout.contains("\"stopped\""), "{}", ps.describe());
+    // `amivm stop` on a running instance: the power button, no force.
+    let out = amivm(&["run", "debian-12", "--name", "svc", "--detach"], 60);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let t0 = std::time::Instant::now();
+    loop {
+        let logs = amivm(&["logs", "svc"], 30);
+        if logs.stdout.contains("amivm-debian: booted") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(240),
+            "no banner: {}",
+            logs.describe()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let stop = amivm(&["stop", "svc"], 60);
+    assert_eq!(stop.code, Some(0), "{}", stop.describe());
+    let show = amivm(&["--output", "json", "ps", "--all"], 30);
+    assert!(
+        show.stdout.contains("guest shut down"),
+        "stopped without force: {}",
+        show.describe()
+    );
+    // create-image of the stopped instance boots again.
+    let out = amivm(&["create-image", "svc", "--name", "debian-12-again"], 120);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let out = amivm(
+        &[
+            "run",
+            "debian-12-again",
+            "--rm",
+            "--timeout",
+            "240",
+            "--expect",
+            "amivm-debian: booted",
+        ],
+        300,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+}

@@ -430,6 +430,18 @@ pub fn remove(store: &Store, id: &str) -> Result<()> {
     }
 }
 
+/// The instance's `console.log`, opened only as a regular file inside its directory; `None`
+/// while it does not exist.
+pub fn open_console_log(dir: &InstanceDir) -> Result<Option<std::fs::File>> {
+    match dir.open_file(CONSOLE_LOG, Access::Read) {
+        Ok(f) => Ok(Some(f)),
+        Err(InstanceError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,17 +526,5 @@ mod tests {
     fn overlay_names() {
         assert_eq!(overlay_name("/dev/vda"), "vda.cow");
         assert_eq!(overlay_name("/dev/vdb"), "vdb.cow");
-    }
-}
-
-/// The instance's `console.log`, opened only as a regular file inside its directory; `None`
-/// while it does not exist.
-pub fn open_console_log(dir: &InstanceDir) -> Result<Option<std::fs::File>> {
-    match dir.open_file(CONSOLE_LOG, Access::Read) {
-        Ok(f) => Ok(Some(f)),
-        Err(InstanceError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Ok(None)
-        }
-        Err(e) => Err(e),
     }
 }
