@@ -11,11 +11,9 @@
 mod common;
 
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Recipe {
     disk: PathBuf,
@@ -141,44 +139,11 @@ fn debian_kernel_finds_its_initrd_and_our_acpi_tables_under_amivm_run() {
             "earlyprintk=ttyS0 noxsave",
         ],
     );
-    let mut child = amivm(store.path())
-        .args(["run", id.trim(), "-t", "t3.micro", "--timeout", "280"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn amivm run");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let start = Instant::now();
-    let mut log = String::new();
-    while start.elapsed() < Duration::from_secs(300) {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                log.push_str(&line);
-                log.push('\n');
-                if line.contains("smpboot: Allowing") {
-                    break;
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut stderr = String::new();
-    let _ = child
-        .stderr
-        .take()
-        .map(|mut e| e.read_to_string(&mut stderr));
-    let ctx = format!("after {:.1?} (stderr: {stderr})\n{log}", start.elapsed());
+    let mut cmd = amivm(store.path());
+    cmd.args(["run", id.trim(), "-t", "t3.micro", "--timeout", "280"]);
+    let console = common::console_until(cmd, "smpboot: Allowing", Duration::from_secs(300));
+    let log = console.log.clone();
+    let ctx = console.describe();
 
     // RAMDISK: [mem 0xSTART-0xEND]: the initrd's bytes, rounded up to whole pages.
     let ramdisk = log

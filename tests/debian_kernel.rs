@@ -12,11 +12,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 fn debian_vmlinux() -> PathBuf {
     common::cached_file(
@@ -59,68 +57,24 @@ fn debian_kernel_reports_our_boot_protocol() {
     let drive = format!("path={}", disk.display());
     let marker = format!("amivm_marker={}", std::process::id());
     let cmdline = format!("console=ttyS0 earlyprintk=ttyS0 noxsave reboot=k panic=1 {marker}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_amivm"))
-        .args(["boot", "--kernel"])
-        .arg(&vmlinux)
-        .args([
-            "--vcpus",
-            "2",
-            "--memory",
-            "512",
-            "--timeout",
-            "240",
-            "--cmdline",
-            &cmdline,
-            "--device-discovery",
-            "acpi",
-            "--drive",
-            &drive,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn amivm");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let start = Instant::now();
-    let mut log = String::new();
-    let mut ended = false;
-    while start.elapsed() < Duration::from_secs(300) {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                log.push_str(&line);
-                log.push('\n');
-                if line.contains("smpboot: Allowing") {
-                    break;
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                ended = true;
-                break;
-            }
-        }
-    }
-    let _ = child.kill();
-    let status = child.wait().expect("wait");
-    let mut stderr = String::new();
-    use std::io::Read;
-    let _ = child
-        .stderr
-        .take()
-        .map(|mut e| e.read_to_string(&mut stderr));
-    let ctx = format!(
-        "after {:.1?} (ended by itself: {ended}, {status:?}, stderr: {stderr})\n{log}",
-        start.elapsed()
-    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_amivm"));
+    cmd.args(["boot", "--kernel"]).arg(&vmlinux).args([
+        "--vcpus",
+        "2",
+        "--memory",
+        "512",
+        "--timeout",
+        "240",
+        "--cmdline",
+        &cmdline,
+        "--device-discovery",
+        "acpi",
+        "--drive",
+        &drive,
+    ]);
+    let console = common::console_until(cmd, "smpboot: Allowing", Duration::from_secs(300));
+    let log = console.log.clone();
+    let ctx = console.describe();
 
     let cmd_line = log
         .lines()

@@ -305,3 +305,77 @@ pub fn skip_note(what: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr().lock(), "SKIPPED {what}");
 }
+
+/// A console read as it streams: every line up to the first that contains `until` (or the
+/// process's end, or `limit`), after which the process is killed.
+pub struct StreamedConsole {
+    pub log: String,
+    /// The process ended (closed its stdout) before `until` appeared.
+    pub ended: bool,
+    pub status: std::process::ExitStatus,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl StreamedConsole {
+    /// Context for an assertion message: how it ended, stderr, and the console.
+    pub fn describe(&self) -> String {
+        format!(
+            "after {:.1?} (ended by itself: {}, {:?}, stderr: {})\n{}",
+            self.elapsed, self.ended, self.status, self.stderr, self.log
+        )
+    }
+}
+
+/// Spawn `cmd` with stdout and stderr piped and read its stdout until a line contains `until`.
+pub fn console_until(mut cmd: Command, until: &str, limit: Duration) -> StreamedConsole {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut log = String::new();
+    let mut ended = false;
+    while start.elapsed() < limit {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+                if line.contains(until) {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .map(|mut e| e.read_to_string(&mut stderr));
+    StreamedConsole {
+        log,
+        ended,
+        status,
+        stderr,
+        elapsed: start.elapsed(),
+    }
+}
