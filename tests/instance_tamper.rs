@@ -311,3 +311,24 @@ fn stop_never_signals_a_process_that_is_not_the_instances() {
     }
     sleeper.assert_alive();
 }
+
+/// `ps` lists the instances whose records are sound and names the tampered one in a warning,
+/// instead of refusing the whole listing.
+#[test]
+fn ps_skips_a_tampered_record_and_lists_the_rest() {
+    let env = Env::new();
+    let good = stopped_instance(&env);
+    let bad = stopped_instance(&env);
+    tamper(&env, &bad, |d| {
+        d["Volumes"][0]["Overlay"] = Value::String("../../..".into());
+    });
+    let out = env.run(&["ps", "--all"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(out.stdout.contains(&good), "{}", out.describe());
+    assert!(!out.stdout.contains(&bad), "{}", out.describe());
+    assert!(
+        out.stderr.contains("skipping an instance record"),
+        "{}",
+        out.describe()
+    );
+}
