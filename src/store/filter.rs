@@ -65,18 +65,7 @@ impl ImageFilter {
             let (name, values) = spec
                 .split_once('=')
                 .ok_or_else(|| StoreError::Invalid(format!("filter '{spec}': use NAME=VALUE")))?;
-            let known = FILTER_NAMES.contains(&name)
-                || name.strip_prefix("tag:").is_some_and(|k| !k.is_empty());
-            if !known {
-                return Err(StoreError::Invalid(format!(
-                    "unknown filter '{name}' (known: {})",
-                    FILTER_NAMES.join(", ")
-                )));
-            }
-            f.conds
-                .entry(name.to_string())
-                .or_default()
-                .extend(values.split(',').map(str::to_string));
+            f.add(name, values.split(',').map(str::to_string).collect())?;
         }
         Ok(f)
     }
