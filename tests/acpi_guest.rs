@@ -16,7 +16,8 @@
 mod common;
 
 use common::{
-    build_guest, on_path, qemu_debug_exit_status, run_with_deadline, Report, RunOutput, QEMU,
+    build_guest, on_path, qemu_debug_exit_status, qemu_microvm, run_with_deadline, Report,
+    RunOutput, QEMU,
 };
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -116,26 +117,7 @@ fn the_same_guest_powers_qemu_off() {
         ("acpi-reset", false),
     ] {
         let append = format!("exit={action}{}", if scan { " acpi=scan" } else { "" });
-        let mut cmd = Command::new(QEMU);
-        cmd.args([
-            "-M",
-            "microvm,x-option-roms=off,rtc=off,acpi=on",
-            "-enable-kvm",
-            "-cpu",
-            "qemu64,-xsave,-cx16",
-            "-nographic",
-            "-no-reboot",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=1",
-            "-smp",
-            "2",
-            "-m",
-            "128",
-            "-kernel",
-        ])
-        .arg(&guest)
-        .arg("-append")
-        .arg(&append);
+        let cmd = qemu_microvm(&guest, 2, 128, &append, true);
         let out = run_with_deadline(cmd, DEADLINE);
         // Not the exit port: QEMU powered off (or reset under -no-reboot) and exited with 0.
         assert_eq!(out.code, Some(0), "{append}: {}", out.describe());

@@ -221,28 +221,36 @@ pub const QEMU: &str = "qemu-system-x86_64";
 /// model without XSAVE/CX16 (KVM's emulator lacks them here), the isa-debug-exit port at 0xf4
 /// and an i8042 for the reset path.
 pub fn qemu_command(guest: &Path, vcpus: u32, mem_mib: u64, append: &str) -> Command {
+    let mut cmd = qemu_microvm(guest, vcpus, mem_mib, append, false);
+    cmd.args(["-device", "i8042"]);
+    cmd
+}
+
+/// QEMU microvm running `guest` as in [`qemu_command`], with its ACPI tables on or off (no i8042).
+pub fn qemu_microvm(guest: &Path, vcpus: u32, mem_mib: u64, append: &str, acpi: bool) -> Command {
     let mut cmd = Command::new(QEMU);
-    cmd.args([
-        "-M",
-        "microvm,x-option-roms=off,rtc=off,acpi=off",
-        "-enable-kvm",
-        "-cpu",
-        "qemu64,-xsave,-cx16",
-        "-nographic",
-        "-no-reboot",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=1",
-        "-device",
-        "i8042",
-    ])
-    .arg("-smp")
-    .arg(vcpus.to_string())
-    .arg("-m")
-    .arg(mem_mib.to_string())
-    .arg("-kernel")
-    .arg(guest)
-    .arg("-append")
-    .arg(append);
+    cmd.arg("-M")
+        .arg(format!(
+            "microvm,x-option-roms=off,rtc=off,acpi={}",
+            if acpi { "on" } else { "off" }
+        ))
+        .args([
+            "-enable-kvm",
+            "-cpu",
+            "qemu64,-xsave,-cx16",
+            "-nographic",
+            "-no-reboot",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=1",
+        ])
+        .arg("-smp")
+        .arg(vcpus.to_string())
+        .arg("-m")
+        .arg(mem_mib.to_string())
+        .arg("-kernel")
+        .arg(guest)
+        .arg("-append")
+        .arg(append);
     cmd
 }
 
