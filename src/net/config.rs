@@ -121,7 +121,10 @@ impl FromStr for Publish {
         let (rest, guest) = ports.rsplit_once(':').ok_or_else(|| bad("no guest port"))?;
         let (host_ip, host) = match rest.rsplit_once(':') {
             Some((ip, port)) => {
-                let ip = ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(ip);
+                let ip = ip
+                    .strip_prefix('[')
+                    .and_then(|i| i.strip_suffix(']'))
+                    .unwrap_or(ip);
                 let ip: IpAddr = ip.parse().map_err(|_| bad("bad host address"))?;
                 (Some(ip), port)
             }
@@ -218,7 +221,15 @@ mod tests {
             "tap:tap0".parse::<NetworkSpec>().unwrap(),
             NetworkSpec::Tap("tap0".into())
         );
-        for bad in ["", "tap:", "tap:a/b", "tap:0123456789abcdef", "bridge", "tap:..", "tap:a b"] {
+        for bad in [
+            "",
+            "tap:",
+            "tap:a/b",
+            "tap:0123456789abcdef",
+            "bridge",
+            "tap:..",
+            "tap:a b",
+        ] {
             assert!(bad.parse::<NetworkSpec>().is_err(), "{bad:?}");
         }
         for ok in ["user", "none", "tap:br-0.1"] {
@@ -248,7 +259,16 @@ mod tests {
         assert_eq!(p.to_string(), "[::1]:80:8080/tcp");
         assert_eq!(p.to_string().parse::<Publish>().unwrap(), p);
         for bad in [
-            "", "22", "0:22", "22:0", "70000:22", "a:22", "22:22/sctp", "x.y:1:2", "+1:2", ":22",
+            "",
+            "22",
+            "0:22",
+            "22:0",
+            "70000:22",
+            "a:22",
+            "22:22/sctp",
+            "x.y:1:2",
+            "+1:2",
+            ":22",
         ] {
             assert!(bad.parse::<Publish>().is_err(), "{bad:?}");
         }

@@ -124,7 +124,10 @@ mod tests {
 
     #[test]
     fn arguments() {
-        let p: Vec<Publish> = vec!["2222:22".parse().unwrap(), "127.0.0.1:53:53/udp".parse().unwrap()];
+        let p: Vec<Publish> = vec![
+            "2222:22".parse().unwrap(),
+            "127.0.0.1:53:53/udp".parse().unwrap(),
+        ];
         assert_eq!(
             passt_args(7, &p).join(" "),
             "--foreground --quiet --fd 7 --mtu 1500 -t 2222:22 -u 127.0.0.1/53:53"

@@ -163,7 +163,10 @@ impl NetDevice {
 
     /// The backend's fd, while it is alive.
     pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.dead.is_none().then(|| self.backend.as_raw_fd()).flatten()
+        self.dead
+            .is_none()
+            .then(|| self.backend.as_raw_fd())
+            .flatten()
     }
 
     /// Frames the backend received for the guest and dropped as too long.
@@ -276,7 +279,9 @@ impl NetDevice {
         let mut total = 0usize;
         for d in chain {
             if d.is_write_only() {
-                return Err(TxDrop::Malformed("device-writable descriptor in a TX chain"));
+                return Err(TxDrop::Malformed(
+                    "device-writable descriptor in a TX chain",
+                ));
             }
             let len = d.len() as usize;
             total = total.saturating_add(len);
@@ -322,7 +327,11 @@ impl NetDevice {
 
     /// The next frame for the guest: the interceptor's first, then the backend's.
     fn next_rx(&mut self, out: &mut NetOutcome) -> Option<usize> {
-        if let Some(n) = self.interceptor.as_mut().and_then(|i| i.transmit(&mut self.rx_buf)) {
+        if let Some(n) = self
+            .interceptor
+            .as_mut()
+            .and_then(|i| i.transmit(&mut self.rx_buf))
+        {
             return Some(n.min(MAX_FRAME));
         }
         if self.dead.is_some() {

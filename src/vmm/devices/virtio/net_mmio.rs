@@ -10,7 +10,9 @@
 //! never makes the event thread spin, and nothing is buffered beyond one frame each way.
 
 use super::mmio::{MmioTransport, WriteEffect};
-use super::net::{FrameInterceptor, NetDevice, NetOutcome, NetStats, NET_QUEUE_SIZE_MAX, VIRTIO_ID_NET};
+use super::net::{
+    FrameInterceptor, NetDevice, NetOutcome, NetStats, NET_QUEUE_SIZE_MAX, VIRTIO_ID_NET,
+};
 use super::spec::*;
 use super::VirtioError;
 use crate::net::FrameBackend;
@@ -63,7 +65,10 @@ impl Shared {
         let mut lost = None;
         let out = if st.transport.is_live() {
             let NetState {
-                transport, net, mem, ..
+                transport,
+                net,
+                mem,
+                ..
             } = &mut *st;
             match net.process(mem, &mut transport.queues) {
                 Ok(out) => {
@@ -182,7 +187,8 @@ impl MmioNetDevice {
     pub fn worker(&self) -> Result<NetWorker, VirtioError> {
         Ok(NetWorker {
             shared: self.shared.clone(),
-            timer: TimerFd::new().map_err(|e| VirtioError::EventFd(std::io::Error::from_raw_os_error(e.errno())))?,
+            timer: TimerFd::new()
+                .map_err(|e| VirtioError::EventFd(std::io::Error::from_raw_os_error(e.errno())))?,
             watching: None,
         })
     }
@@ -229,7 +235,10 @@ impl BusDevice for MmioNetDevice {
         }
         let mut st = self.shared.lock();
         let NetState {
-            transport, net, mem, ..
+            transport,
+            net,
+            mem,
+            ..
         } = &mut *st;
         match transport.write(offset, data, mem) {
             WriteEffect::Reset => {

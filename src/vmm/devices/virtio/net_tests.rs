@@ -191,12 +191,20 @@ fn identity_features_and_config() {
     let mut r = Rig::new(None);
     assert_eq!(reg_read(&mut r.dev, REG_DEVICE_ID), VIRTIO_ID_NET);
     let f = device_features(&mut r.dev);
-    for bit in [VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MTU] {
+    for bit in [
+        VIRTIO_F_VERSION_1,
+        VIRTIO_NET_F_MAC,
+        VIRTIO_NET_F_STATUS,
+        VIRTIO_NET_F_MTU,
+    ] {
         assert_ne!(f & bit, 0, "{bit:#x}");
     }
     // No offloads, no mergeable buffers: bits 0-2, 7-15 and 17+ (below 32) clear.
     assert_eq!(f & 0xffff_0000_0000_0000, 0);
-    assert_eq!(f & ((1 << 0) | (1 << 1) | (1 << 7) | (1 << 11) | (1 << 15)), 0);
+    assert_eq!(
+        f & ((1 << 0) | (1 << 1) | (1 << 7) | (1 << 11) | (1 << 15)),
+        0
+    );
     let c = r.config();
     assert_eq!(&c[..6], &MAC);
     assert_eq!(u16::from_le_bytes([c[6], c[7]]), VIRTIO_NET_S_LINK_UP);
@@ -240,7 +248,8 @@ fn frames_travel_both_ways() {
     r.peer_send(&small);
     let h = r.buf(&[], NET_HDR_LEN);
     let d = r.buf(&[], 100);
-    let head = r.rx.add_chain(&[(h, NET_HDR_LEN as u32, true), (d, 100, true)]);
+    let head =
+        r.rx.add_chain(&[(h, NET_HDR_LEN as u32, true), (d, 100, true)]);
     r.rx.publish(head);
     std::thread::sleep(Duration::from_millis(20));
     let o = r.dev.process_queues();
@@ -268,7 +277,8 @@ fn malformed_and_oversized_tx_chains_are_dropped_and_counted() {
     let h = r.tx.add_chain(&[(at, 80, true)]);
     r.tx.publish(h);
     // A descriptor outside guest memory, and one whose length wraps the address space.
-    let h = r.tx.add_chain(&[(GuestAddress(64 * MIB as u64), 80, false)]);
+    let h =
+        r.tx.add_chain(&[(GuestAddress(64 * MIB as u64), 80, false)]);
     r.tx.publish(h);
     let h = r.tx.add_chain(&[(GuestAddress(u64::MAX - 8), 80, false)]);
     r.tx.publish(h);
@@ -391,8 +401,9 @@ fn a_lost_backend_takes_the_link_down_and_the_guest_keeps_going() {
     let mut r = Rig::new(None);
     let lost = Arc::new(Mutex::new(None::<String>));
     let l2 = lost.clone();
-    r.dev
-        .on_link_lost(Box::new(move |why| *l2.lock().unwrap() = Some(why.to_string())));
+    r.dev.on_link_lost(Box::new(move |why| {
+        *l2.lock().unwrap() = Some(why.to_string())
+    }));
     let peer = std::mem::replace(&mut r.peer, UnixStream::pair().unwrap().0);
     drop(peer);
     r.send(&frame(100, [0x08, 0x00], 1));
