@@ -267,6 +267,9 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         },
         discovery: args.device_discovery,
     };
+    if !args.publish.is_empty() && args.network != crate::net::NetworkSpec::User {
+        anyhow::bail!("--publish needs --network user");
+    }
     let drives = open_drives(&args.drive)?;
     let mac = args
         .mac
