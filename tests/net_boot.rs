@@ -139,8 +139,16 @@ fn bad_network_words_are_one_line_errors() {
     ] {
         let out = amivm(args, None);
         expect_code(&out, EXIT_AMIVM_FAILED);
-        assert!(!out.stdout.contains("cmdline="), "the guest ran: {}", out.describe());
-        assert!(last_stderr_line(&out).contains(args[0]), "{}", out.describe());
+        assert!(
+            !out.stdout.contains("cmdline="),
+            "the guest ran: {}",
+            out.describe()
+        );
+        assert!(
+            last_stderr_line(&out).contains(args[0]),
+            "{}",
+            out.describe()
+        );
     }
     // --publish needs the user network.
     let out = amivm(&["--network", "none", "--publish", "8080:80"], None);

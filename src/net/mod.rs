@@ -70,12 +70,14 @@ pub enum Sent {
 
 /// A carrier of Ethernet frames (no virtio header).
 pub trait FrameBackend: Send {
-    /// Offer one frame (at most [`MAX_FRAME`] bytes).
+    /// Offer one frame (at most [`MAX_FRAME`] bytes). A backend may gather frames in a
+    /// buffer of fixed size; the device calls [`FrameBackend::flush`] after each burst.
     fn send(&mut self, frame: &[u8]) -> Result<Sent, NetError>;
     /// Receive one frame into `buf` (at least [`MAX_FRAME`] bytes): `Ok(Some(len))`, or
     /// `Ok(None)` when none is waiting. Frames longer than `buf` are discarded and counted.
     fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, NetError>;
-    /// Push out what a previous `send` left half-written: `Done` once nothing is pending.
+    /// Push out what earlier `send`s left queued: `Done` once nothing is pending, `WouldBlock`
+    /// while some is (wait for the fd to be writable).
     fn flush(&mut self) -> Result<Sent, NetError> {
         Ok(Sent::Done)
     }

@@ -3,17 +3,21 @@
 //! (passt's tap.c, `tap_send_frames_passt` / `tap_handler_passt`: "struct { uint32_t vnet_len;
 //! char frame[] }" with `vnet_len` in network order).
 //!
-//! Memory is bounded: at most one half-written outgoing frame is kept (a second `send` then
-//! answers [`Sent::WouldBlock`] until it is flushed), and incoming bytes go through one
-//! fixed-size buffer; an announced length over the caller's buffer is skipped and counted.
+//! Memory is bounded: outgoing frames are gathered in one fixed-size buffer (so that a burst
+//! costs one write(2), not one per frame) and pushed out by [`FrameBackend::flush`] or when it
+//! is full; once it is full and the socket takes nothing, `send` answers [`Sent::WouldBlock`].
+//! Incoming bytes go through one fixed-size buffer; an announced length over the caller's
+//! buffer is skipped and counted.
 
 use super::{FrameBackend, NetError, Sent, MAX_FRAME};
-use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 /// Size of the length prefix.
 pub const PREFIX_LEN: usize = 4;
+/// Outgoing buffer: a burst of frames per write(2), bounded.
+const OUT_BUF: usize = 64 * 1024;
 /// Incoming buffer: room for many frames per read(2) (fewer system calls under load) while
 /// staying a fixed, small allocation.
 const IN_BUF: usize = 64 * 1024;
@@ -22,7 +26,7 @@ const IN_BUF: usize = 64 * 1024;
 pub struct StreamBackend {
     sock: UnixStream,
     name: String,
-    /// The unwritten tail of a frame (prefix included); empty when nothing is pending.
+    /// Frames (with prefixes) not yet written, from `out_pos`; at most [`OUT_BUF`] bytes.
     out: Vec<u8>,
     out_pos: usize,
     inbuf: Box<[u8]>,
@@ -40,7 +44,7 @@ impl StreamBackend {
         Ok(StreamBackend {
             sock,
             name: name.to_string(),
-            out: Vec::with_capacity(PREFIX_LEN + MAX_FRAME),
+            out: Vec::with_capacity(OUT_BUF),
             out_pos: 0,
             inbuf: vec![0u8; IN_BUF].into_boxed_slice(),
             in_start: 0,
@@ -100,49 +104,46 @@ impl StreamBackend {
 
 impl FrameBackend for StreamBackend {
     fn send(&mut self, frame: &[u8]) -> Result<Sent, NetError> {
-        if self.flush()? == Sent::WouldBlock {
-            return Ok(Sent::WouldBlock);
-        }
         let len = u32::try_from(frame.len())
-            .map_err(|_| NetError::Io(std::io::Error::other("frame too long")))?;
-        let prefix = len.to_be_bytes();
-        let total = PREFIX_LEN + frame.len();
-        let n = match self
-            .sock
-            .write_vectored(&[IoSlice::new(&prefix), IoSlice::new(frame)])
-        {
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Sent::WouldBlock),
-            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(Sent::WouldBlock),
-            Err(e) => return Err(self.io_err(e)),
-        };
-        if n < total {
-            // Keep the rest (one frame at most) and finish it before taking another.
-            self.out.clear();
-            self.out_pos = 0;
-            if n < PREFIX_LEN {
-                self.out.extend_from_slice(&prefix[n..]);
-                self.out.extend_from_slice(frame);
-            } else {
-                self.out.extend_from_slice(&frame[n - PREFIX_LEN..]);
+            .ok()
+            .filter(|&l| l as usize <= MAX_FRAME)
+            .ok_or_else(|| NetError::Io(std::io::Error::other("frame too long")))?;
+        let need = PREFIX_LEN + frame.len();
+        if self.out.len() + need > OUT_BUF {
+            // Full: push out what is queued, and take the frame only if room was made.
+            if self.flush()? == Sent::WouldBlock && self.out.len() + need > OUT_BUF {
+                return Ok(Sent::WouldBlock);
             }
         }
+        self.out.extend_from_slice(&len.to_be_bytes());
+        self.out.extend_from_slice(frame);
         Ok(Sent::Done)
     }
 
     fn flush(&mut self) -> Result<Sent, NetError> {
+        let mut result = Ok(Sent::Done);
         while self.out_pos < self.out.len() {
             match self.sock.write(&self.out[self.out_pos..]) {
-                Ok(0) => return Err(self.closed("wrote nothing")),
+                Ok(0) => {
+                    result = Err(self.closed("wrote nothing"));
+                    break;
+                }
                 Ok(n) => self.out_pos += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(Sent::WouldBlock),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    result = Ok(Sent::WouldBlock);
+                    break;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.io_err(e)),
+                Err(e) => {
+                    result = Err(self.io_err(e));
+                    break;
+                }
             }
         }
-        self.out.clear();
+        // Keep only the unwritten tail, at the front.
+        self.out.drain(..self.out_pos);
         self.out_pos = 0;
-        Ok(Sent::Done)
+        result
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>, NetError> {
@@ -190,6 +191,7 @@ mod tests {
     fn frames_carry_a_big_endian_length() {
         let (mut be, mut peer) = pair();
         assert_eq!(be.send(&[1, 2, 3]).unwrap(), Sent::Done);
+        assert_eq!(be.flush().unwrap(), Sent::Done);
         let mut got = [0u8; 7];
         peer.read_exact(&mut got).unwrap();
         assert_eq!(got, [0, 0, 0, 3, 1, 2, 3]);
@@ -227,7 +229,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_socket_pushes_back_with_one_frame_kept_at_most() {
+    fn a_full_socket_pushes_back_within_a_fixed_buffer() {
         let (mut be, mut peer) = pair();
         let frame = vec![0x42u8; MAX_FRAME];
         let mut taken = 0;
@@ -235,7 +237,7 @@ mod tests {
             taken += 1;
             assert!(taken < 100_000, "never pushed back");
         }
-        assert!(be.out.len() <= PREFIX_LEN + MAX_FRAME);
+        assert!(be.out.len() <= OUT_BUF);
         // Drain the peer: everything taken arrives intact, and sending works again.
         peer.set_nonblocking(true).unwrap();
         let mut seen = Vec::new();
@@ -264,6 +266,7 @@ mod tests {
         drop(peer);
         let mut buf = [0u8; MAX_FRAME];
         assert!(matches!(be.recv(&mut buf), Err(NetError::Closed(_))));
-        assert!(matches!(be.send(&[0u8; 60]), Err(NetError::Closed(_))));
+        assert_eq!(be.send(&[0u8; 60]).unwrap(), Sent::Done);
+        assert!(matches!(be.flush(), Err(NetError::Closed(_))));
     }
 }

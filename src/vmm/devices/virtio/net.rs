@@ -264,6 +264,14 @@ impl NetDevice {
                 return Err(QueueFault("TX available ring unreadable".into()));
             }
         }
+        // Push out the burst; what the socket cannot take yet waits (bounded) for writability.
+        if self.dead.is_none() {
+            match self.backend.flush() {
+                Ok(Sent::Done) => {}
+                Ok(Sent::WouldBlock) => out.tx_blocked = true,
+                Err(e) => self.lose_backend(e, out),
+            }
+        }
         if out.tx.completed > 0 {
             out.tx.notify = queue.needs_notification(mem)?;
         }

@@ -198,6 +198,11 @@ impl MmioNetDevice {
         self.shared.process().0
     }
 
+    /// The backend's fd while it is alive (to wait for it outside the worker: benchmarks).
+    pub fn backend_fd(&self) -> Option<RawFd> {
+        self.shared.lock().net.backend_fd()
+    }
+
     /// The device's counters.
     pub fn stats(&self) -> NetStats {
         self.shared.lock().net.stats

@@ -421,7 +421,9 @@ fn a_lost_backend_takes_the_link_down_and_the_guest_keeps_going() {
         r.dev.process_queues();
     }
     assert_eq!(r.tx.reap_all(), 101);
-    assert_eq!(r.dev.stats().tx_no_backend, 101);
+    let s = r.dev.stats();
+    assert_eq!(s.tx_no_backend + s.tx_frames, 101, "{s:?}");
+    assert!(s.tx_no_backend >= 100);
 }
 
 #[test]
