@@ -24,7 +24,9 @@ const IN_BUF: usize = 64 * 1024;
 
 /// A [`FrameBackend`] over a connected, non-blocking stream socket.
 pub struct StreamBackend {
-    sock: UnixStream,
+    /// The socket as a plain file: read(2) and write(2), the calls the device thread's seccomp
+    /// filter allows (a `UnixStream` reads with recvfrom(2)).
+    sock: std::fs::File,
     name: String,
     /// Frames (with prefixes) not yet written, from `out_pos`; at most [`OUT_BUF`] bytes.
     out: Vec<u8>,
@@ -42,7 +44,7 @@ impl StreamBackend {
     pub fn new(sock: UnixStream, name: &str) -> Result<Self, NetError> {
         sock.set_nonblocking(true).map_err(NetError::Io)?;
         Ok(StreamBackend {
-            sock,
+            sock: std::fs::File::from(std::os::fd::OwnedFd::from(sock)),
             name: name.to_string(),
             out: Vec::with_capacity(OUT_BUF),
             out_pos: 0,
