@@ -7,6 +7,7 @@ pub mod devices;
 pub mod events;
 pub mod layout;
 pub mod memory;
+pub mod netdev;
 pub mod platform;
 pub mod sandbox;
 pub mod vcpu;
@@ -14,6 +15,7 @@ pub mod vm;
 pub mod x86_64;
 
 pub use blockdevs::BlockDrive;
+pub use netdev::NetworkDevice;
 pub use platform::DeviceDiscovery;
 pub use vm::{ConsoleConfig, VmConfig, VmExit, Vmm};
 
