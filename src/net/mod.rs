@@ -1,0 +1,3 @@
+//! Guest networking: the instance metadata service ([`imds`]).
+
+pub mod imds;
