@@ -16,6 +16,7 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use std::collections::VecDeque;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 /// The metadata service's TCP port (HTTP).
@@ -31,13 +32,16 @@ const TX_BUFFER: usize = 16 * 1024;
 /// (a slow or silent client cannot hold a socket). AWS's SDKs time a metadata request out
 /// after 1 s; 10 s leaves slow guests (an emulated CPU) room.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// TCP retransmission give-up time per socket (smoltcp's `set_timeout`).
-const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 /// ARP replies waiting to be sent; more requests are dropped until they drain (a guest asks
 /// again).
 const MAX_QUEUED_ARP: usize = 4;
 /// The address prefix of the service's interface: IPv4 link-local (RFC 3927).
 const LINK_LOCAL_PREFIX: u8 = 16;
+/// The "router" of the default route: smoltcp answers only addresses it can route, and the
+/// guest's address is not link-local. On an IP-medium interface the router's address is never
+/// looked up (no ARP): every packet goes to the one peer, the guest. Any link-local address
+/// other than the service's would do.
+const DEFAULT_ROUTER: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
 
 /// One connection's progress.
 #[derive(Default)]
@@ -106,6 +110,8 @@ impl MetadataEndpoint {
                 LINK_LOCAL_PREFIX,
             ));
         });
+        // An empty route table has room for one route: this cannot fail.
+        let _ = iface.routes_mut().add_default_ipv4_route(DEFAULT_ROUTER);
         let mut sockets = SocketSet::new(Vec::with_capacity(MAX_CONNECTIONS));
         let conns = (0..MAX_CONNECTIONS)
             .map(|_| {
@@ -264,7 +270,12 @@ impl MetadataEndpoint {
                 read_request(socket, conn);
                 let parsed = http::parse(&conn.request);
                 let reply = match parsed {
-                    Parse::Incomplete if socket.may_recv() => None,
+                    // Still to come (a handshake not finished yet cannot receive either).
+                    Parse::Incomplete
+                        if socket.may_recv() || socket.state() == tcp::State::SynReceived =>
+                    {
+                        None
+                    }
                     // The client closed its side before a whole head.
                     Parse::Incomplete => {
                         socket.close();
@@ -303,8 +314,11 @@ impl MetadataEndpoint {
     fn plan(&mut self, now: Instant) {
         let t = self.smol_now(now);
         let stack = self.iface.poll_at(t, &self.sockets).map(|at| {
-            let wait = Duration::from_micros(u64::try_from((at - t).total_micros()).unwrap_or(0));
-            now + wait
+            if at <= t {
+                now
+            } else {
+                now + Duration::from_micros((at - t).total_micros())
+            }
         });
         let idle = self
             .conns
@@ -319,11 +333,9 @@ impl MetadataEndpoint {
     }
 }
 
-/// Put a socket back to listening on [`PORT`], its options reset.
+/// Put a socket back to listening on [`PORT`], its options reset. (No smoltcp timeout: the
+/// whole connection, retransmissions included, is bounded by [`IDLE_TIMEOUT`].)
 fn listen(socket: &mut tcp::Socket) {
-    socket.set_timeout(Some(smoltcp::time::Duration::from_millis(
-        u64::try_from(TCP_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
-    )));
     socket.set_hop_limit(None);
     // Listening on a closed socket with a non-zero port cannot fail.
     let _ = socket.listen(PORT);

@@ -82,6 +82,12 @@ pub fn classify(frame: &[u8]) -> Option<Frame<'_>> {
             {
                 return None;
             }
+            // The header's length (IHL words) and checksum must hold before the guest's
+            // addresses are believed.
+            let header = ip.get(..usize::from(ip[0] & 0xf) * 4)?;
+            if header.len() < IPV4_MIN_HEADER || internet_checksum(header) != 0 {
+                return None;
+            }
             Some(Frame::Ipv4 {
                 mac: src_mac,
                 src: ipv4_at(ip, IPV4_SRC)?,
@@ -90,6 +96,18 @@ pub fn classify(frame: &[u8]) -> Option<Frame<'_>> {
         }
         _ => None,
     }
+}
+
+/// The Internet checksum (RFC 1071) of `data`: zero over a header whose checksum is right.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// The ARP reply to a request from (`mac`, `ipv4`): 42 bytes, unpadded.
@@ -165,12 +183,17 @@ mod tests {
         f[14] = 0x45;
         f[14 + IPV4_SRC..14 + IPV4_SRC + 4].copy_from_slice(&GUEST_IP.octets());
         f[14 + IPV4_DST..14 + IPV4_DST + 4].copy_from_slice(&METADATA_IPV4.octets());
+        assert_eq!(classify(&f), None, "bad header checksum");
+        let sum = internet_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&sum.to_be_bytes());
         match classify(&f) {
             Some(Frame::Ipv4 { mac, src, packet }) => {
                 assert_eq!((mac, src, packet.len()), (GUEST_MAC, GUEST_IP, 40));
             }
             o => panic!("{o:?}"),
         }
+        f[14] = 0x46; // a header longer than its checksum covered
+        assert_eq!(classify(&f), None);
         f[14] = 0x65; // IPv6 version nibble
         assert_eq!(classify(&f), None);
         f[14] = 0x45;
