@@ -597,6 +597,43 @@ pub fn get_console_output(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
 mod tests {
     use super::*;
 
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        Params::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn metadata_options_map_to_the_record() {
+        use crate::net::imds::HttpTokens;
+        assert_eq!(
+            metadata_options(&params(&[])).unwrap(),
+            MetadataOptions::default()
+        );
+        let o = metadata_options(&params(&[
+            ("MetadataOptions.HttpTokens", "required"),
+            ("MetadataOptions.HttpPutResponseHopLimit", "3"),
+            ("MetadataOptions.HttpEndpoint", "enabled"),
+        ]))
+        .unwrap();
+        assert_eq!(o.http_tokens, HttpTokens::Required);
+        assert_eq!(o.http_put_response_hop_limit, 3);
+        for (k, v) in [
+            ("MetadataOptions.HttpTokens", "sometimes"),
+            ("MetadataOptions.HttpPutResponseHopLimit", "0"),
+            ("MetadataOptions.HttpEndpoint", "disabled"),
+            ("MetadataOptions.InstanceMetadataTags", "enabled"),
+        ] {
+            assert!(metadata_options(&params(&[(k, v)])).is_err(), "{k}={v}");
+        }
+        let raw = b"\x1f\x8b binary cloud-init";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        assert_eq!(user_data_bytes(&b64).unwrap(), raw);
+    }
+
     #[test]
     fn user_data_becomes_command_line_words() {
         let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
