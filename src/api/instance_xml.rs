@@ -87,6 +87,15 @@ pub fn render_instance(x: &mut Xml, i: &Instance, zone: &str) {
         .num("coreCount", i.vcpus)
         .num("threadsPerCore", 1)
         .close("cpuOptions")
+        .open("metadataOptions")
+        .leaf("state", "applied")
+        .leaf("httpTokens", i.metadata_options.http_tokens.as_str())
+        .num(
+            "httpPutResponseHopLimit",
+            i.metadata_options.http_put_response_hop_limit,
+        )
+        .leaf("httpEndpoint", "enabled")
+        .close("metadataOptions")
         .leaf("platformDetails", "Linux/UNIX");
     if matches!(
         i.state,

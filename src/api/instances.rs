@@ -14,6 +14,7 @@ use super::params::{page, Params};
 use super::xml::Xml;
 use crate::instance::detach::DetachOptions;
 use crate::instance::launch::{self, LaunchRequest};
+use crate::instance::metadata::{self, MetadataOptions};
 use crate::instance::{lifecycle, record, tags, types, Instance, InstanceState, ShutdownBehavior};
 use base64::Engine as _;
 use std::collections::BTreeMap;
@@ -31,8 +32,8 @@ const MAX_RESULTS: (i64, i64) = (5, 1000);
 /// The stack of the threads that stop, terminate or reboot an instance.
 const ACTION_STACK: usize = 256 * 1024;
 
-/// The decoded UserData, as words for the kernel command line.
-fn user_data(b64: &str) -> Result<String, ApiError> {
+/// The decoded UserData (served by the metadata service), checked.
+fn user_data_bytes(b64: &str) -> Result<Vec<u8>, ApiError> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|_| ApiError::invalid("Invalid BASE64 encoding of user data"))?;
@@ -41,6 +42,45 @@ fn user_data(b64: &str) -> Result<String, ApiError> {
             "User data is limited to {MAX_USER_DATA} bytes"
         )));
     }
+    Ok(raw)
+}
+
+/// RunInstances' MetadataOptions (`HttpTokens`, `HttpPutResponseHopLimit`, `HttpEndpoint`
+/// enabled only).
+fn metadata_options(p: &Params) -> Result<MetadataOptions, ApiError> {
+    let sub = p.sub("MetadataOptions");
+    let mut o = MetadataOptions::default();
+    for name in sub.names() {
+        let v = sub.get(name).unwrap_or_default();
+        match name {
+            "HttpTokens" => {
+                o.http_tokens = metadata::parse_tokens(v).map_err(|e| {
+                    ApiError::invalid(format!("Invalid value for MetadataOptions.HttpTokens: {e}"))
+                })?
+            }
+            "HttpPutResponseHopLimit" => {
+                o.http_put_response_hop_limit = metadata::parse_hop_limit(v).map_err(|e| {
+                    ApiError::invalid(format!(
+                        "Invalid value for MetadataOptions.HttpPutResponseHopLimit: {e}"
+                    ))
+                })?
+            }
+            "HttpEndpoint" if v == "enabled" => {}
+            _ => {
+                return Err(ApiError::new(
+                    errors::UNSUPPORTED,
+                    format!("MetadataOptions.{name}={v} is not supported here"),
+                ))
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// The decoded UserData, as words for the kernel command line (the sample and test guests
+/// read their instructions there; the metadata service serves the bytes as they are).
+fn user_data(b64: &str) -> Result<String, ApiError> {
+    let raw = user_data_bytes(b64)?;
     let text = String::from_utf8(raw).map_err(|_| {
         ApiError::invalid("User data must be UTF-8 text (it is added to the kernel command line)")
     })?;
@@ -117,6 +157,8 @@ pub fn run_instances(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
         }
     }
     let append = p.get("UserData").map(user_data).transpose()?;
+    let user_data = p.get("UserData").map(user_data_bytes).transpose()?;
+    let metadata_options = metadata_options(p)?;
     let shutdown_behavior = match p.get("InstanceInitiatedShutdownBehavior") {
         None | Some("stop") => ShutdownBehavior::Stop,
         Some("terminate") => ShutdownBehavior::Terminate,
@@ -132,6 +174,8 @@ pub fn run_instances(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
         instance_type: itype,
         name: None,
         append: append.filter(|a| !a.is_empty()),
+        user_data,
+        metadata_options,
         shutdown_behavior,
         remove_on_stop: false,
         serial_log: None,
@@ -552,6 +596,43 @@ pub fn get_console_output(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Params {
+        Params::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn metadata_options_map_to_the_record() {
+        use crate::net::imds::HttpTokens;
+        assert_eq!(
+            metadata_options(&params(&[])).unwrap(),
+            MetadataOptions::default()
+        );
+        let o = metadata_options(&params(&[
+            ("MetadataOptions.HttpTokens", "required"),
+            ("MetadataOptions.HttpPutResponseHopLimit", "3"),
+            ("MetadataOptions.HttpEndpoint", "enabled"),
+        ]))
+        .unwrap();
+        assert_eq!(o.http_tokens, HttpTokens::Required);
+        assert_eq!(o.http_put_response_hop_limit, 3);
+        for (k, v) in [
+            ("MetadataOptions.HttpTokens", "sometimes"),
+            ("MetadataOptions.HttpPutResponseHopLimit", "0"),
+            ("MetadataOptions.HttpEndpoint", "disabled"),
+            ("MetadataOptions.InstanceMetadataTags", "enabled"),
+        ] {
+            assert!(metadata_options(&params(&[(k, v)])).is_err(), "{k}={v}");
+        }
+        let raw = b"\x1f\x8b binary cloud-init";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        assert_eq!(user_data_bytes(&b64).unwrap(), raw);
+    }
 
     #[test]
     fn user_data_becomes_command_line_words() {

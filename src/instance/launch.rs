@@ -41,6 +41,10 @@ pub struct LaunchRequest {
     pub name: Option<String>,
     /// Added to the image's kernel command line.
     pub append: Option<String>,
+    /// `--user-data`: served by the metadata service (at most 16 KiB).
+    pub user_data: Option<Vec<u8>>,
+    /// `--metadata-options`.
+    pub metadata_options: super::metadata::MetadataOptions,
     pub shutdown_behavior: ShutdownBehavior,
     /// `--rm`: delete the instance when it stops.
     pub remove_on_stop: bool,
@@ -79,6 +83,9 @@ pub fn create(
     store.check_launch_permission(caller, &image)?;
     if let Some(name) = &req.name {
         record::validate_name(name)?;
+    }
+    if let Some(data) = &req.user_data {
+        super::metadata::check_user_data(data)?;
     }
     let mut mappings = image.block_device_mappings.clone();
     mappings.sort_by_key(|m| device_index(&m.device_name).unwrap_or(usize::MAX));
@@ -135,6 +142,11 @@ pub fn create(
             req.append.as_deref(),
             &[],
         ),
+        user_data: req
+            .user_data
+            .as_deref()
+            .map(super::metadata::encode_user_data),
+        metadata_options: req.metadata_options,
         image,
         instance_type: req.instance_type.name.clone(),
         vcpus: req.instance_type.vcpus,

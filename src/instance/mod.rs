@@ -26,6 +26,7 @@ pub mod dir;
 pub mod launch;
 pub mod lifecycle;
 pub mod lock;
+pub mod metadata;
 pub mod process;
 pub mod record;
 pub mod state;

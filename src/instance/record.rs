@@ -75,6 +75,13 @@ pub struct Instance {
     pub memory_mib: u64,
     /// The image's command line plus `--append`.
     pub kernel_command_line: String,
+    /// `--user-data` (RunInstances' `UserData`), base64 as EC2 carries it; at most 16 KiB
+    /// decoded. Served at `/latest/user-data` ([`super::metadata`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
+    /// `--metadata-options` (RunInstances' `MetadataOptions`).
+    #[serde(default)]
+    pub metadata_options: super::metadata::MetadataOptions,
     pub state: InstanceState,
     /// Why it is in this state (EC2's `StateReason`).
     #[serde(default)]

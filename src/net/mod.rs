@@ -8,10 +8,12 @@
 //! - [`tap`]: `--network tap:NAME`: a Linux tap device (needs CAP_NET_ADMIN).
 //! - [`NoNetwork`]: `--network none`: frames go nowhere.
 //! - [`config`]: parsing `--network` and `--publish`, and the instance MAC.
+//! - [`imds`]: the instance metadata service at 169.254.169.254, answered off the frame path.
 //!
 //! The VMM consumes a `Box<dyn FrameBackend>`; it never starts processes or opens devices.
 
 pub mod config;
+pub mod imds;
 pub mod passt;
 pub mod stream;
 pub mod tap;

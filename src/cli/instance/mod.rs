@@ -83,6 +83,12 @@ pub struct RunArgs {
     /// Add to the image's kernel command line.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub append: Option<String>,
+    /// User data served by the metadata service at /latest/user-data (at most 16 KiB, as EC2).
+    #[arg(long, value_name = "FILE")]
+    pub user_data: Option<PathBuf>,
+    /// The metadata service: http-tokens=optional|required[,http-put-response-hop-limit=N].
+    #[arg(long, value_name = "OPTIONS")]
+    pub metadata_options: Option<String>,
     /// Stop the instance and exit 124 after this many seconds (at most 3153600000, 100 years).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,

@@ -67,6 +67,14 @@ pub fn json(i: &Instance, store: &Store) -> Value {
         "ConsoleLog": i.console_log_path(store),
         "SerialLog": i.serial_log,
         "Pid": i.process.map(|p| p.pid),
+        "MetadataOptions": {
+            "HttpTokens": i.metadata_options.http_tokens.as_str(),
+            "HttpPutResponseHopLimit": i.metadata_options.http_put_response_hop_limit,
+            "HttpEndpoint": "enabled",
+        },
+        "UserDataBytes": i.user_data.as_deref().map(|d| {
+            crate::instance::metadata::decode_user_data(d).map(|b| b.len()).unwrap_or(0)
+        }),
         "BlockDeviceMappings": i.volumes.iter().map(|v| json!({
             "DeviceName": v.device_name,
             "Ebs": {

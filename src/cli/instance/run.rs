@@ -7,7 +7,7 @@ use crate::files;
 use crate::instance::detach::{self, DetachOptions, Started, DETACH_WAIT};
 use crate::instance::launch::{self, BootOptions, LaunchRequest};
 use crate::instance::lock::RunLock;
-use crate::instance::{lifecycle, record, types, Instance};
+use crate::instance::{lifecycle, metadata, record, types, Instance};
 use crate::store::Store;
 use anyhow::Context;
 use regex::Regex;
@@ -29,12 +29,26 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         // Refused before an instance exists (a FIFO would also block the VM's open).
         files::check_if_exists(log, "serial log", files::REGULAR)?;
     }
+    // Both checked before an instance exists.
+    let user_data = args
+        .user_data
+        .as_deref()
+        .map(metadata::read_user_data)
+        .transpose()?;
+    let metadata_options = args
+        .metadata_options
+        .as_deref()
+        .map(metadata::MetadataOptions::parse)
+        .transpose()?
+        .unwrap_or_default();
     let (store, caller) = open(g)?;
     let req = LaunchRequest {
         image: args.ami.clone(),
         instance_type: itype.clone(),
         name: args.name.clone(),
         append: args.append.clone(),
+        user_data,
+        metadata_options,
         shutdown_behavior: args.shutdown_behavior,
         remove_on_stop: args.rm,
         serial_log: args.serial_log.clone(),
