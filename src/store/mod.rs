@@ -73,6 +73,7 @@ pub mod filter;
 pub mod fsio;
 pub mod gc;
 pub mod ids;
+pub mod image_index;
 pub mod images;
 pub mod layout;
 pub mod manifest;
@@ -91,6 +92,7 @@ pub use error::{Result, StoreError};
 pub use filter::{ImageFilter, OwnerFilter};
 pub use gc::GcReport;
 pub use ids::{AccountId, ContentHash, ImageId, SnapshotId};
+pub use image_index::ImageSet;
 pub use images::{CreateImageRequest, VolumeSpec};
 pub use manifest::{
     Architecture, BlobRef, BlockDeviceMapping, EbsBlockDevice, Image, ImageState, KernelFormat,
@@ -133,6 +135,8 @@ pub struct Store {
     backend: Arc<dyn ObjectStore>,
     /// Opened with [`Store::open_read_only`]: nothing may be created or changed.
     read_only: bool,
+    /// The image manifests in memory, shared by clones ([`Store::images`]).
+    image_cache: Arc<image_index::ImageCache>,
 }
 
 impl Store {
@@ -163,6 +167,7 @@ impl Store {
             layout,
             backend,
             read_only: false,
+            image_cache: Arc::default(),
         };
         if store.backend.needs_recovery() {
             drop(store.lock()?);
@@ -195,6 +200,7 @@ impl Store {
             layout,
             backend,
             read_only: true,
+            image_cache: Arc::default(),
         })
     }
 
@@ -275,17 +281,10 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("image {id} not found")))
     }
 
-    /// Every image manifest in the store (no permission check). Damaged manifests are skipped
-    /// with a warning.
+    /// Every image manifest in the store (no permission check), oldest first. Damaged
+    /// manifests are skipped with a warning. [`Store::images`] shares them without copying.
     pub fn all_images(&self) -> Result<Vec<Image>> {
-        let mut v = Vec::new();
-        for id in self.backend.list_docs(&Collection::Images)? {
-            match self.read_doc::<Image>(&Collection::Images, &id) {
-                Ok(Some(img)) => v.push(img),
-                Ok(None) => {}
-                Err(e) => log::warn!("skipping image {id}: {e}"),
-            }
-        }
+        let mut v = self.images()?.as_slice().to_vec();
         v.sort_by(|a, b| (&a.creation_date, &a.image_id).cmp(&(&b.creation_date, &b.image_id)));
         Ok(v)
     }
