@@ -6,7 +6,7 @@ use super::form::parse_form;
 use super::params::Params;
 use super::sigv4::{self, SigError};
 use super::xml::{error_document, Xml};
-use super::{images, instances, meta, snapshots, Api};
+use super::{images, instances, key_pairs, meta, snapshots, Api};
 use crate::store::AccountId;
 
 /// A received HTTP request, as the dispatcher needs it.
@@ -208,6 +208,26 @@ const ACTIONS: &[Action] = &[
         name: "DescribeTags",
         handler: meta::describe_tags,
         params: &["Filter", "MaxResults", "NextToken"],
+    },
+    Action {
+        name: "CreateKeyPair",
+        handler: key_pairs::create_key_pair,
+        params: &["KeyName", "KeyType", "KeyFormat", "TagSpecification"],
+    },
+    Action {
+        name: "ImportKeyPair",
+        handler: key_pairs::import_key_pair,
+        params: &["KeyName", "PublicKeyMaterial", "TagSpecification"],
+    },
+    Action {
+        name: "DescribeKeyPairs",
+        handler: key_pairs::describe_key_pairs,
+        params: &["KeyName", "KeyPairId", "Filter", "IncludePublicKey"],
+    },
+    Action {
+        name: "DeleteKeyPair",
+        handler: key_pairs::delete_key_pair,
+        params: &["KeyName", "KeyPairId"],
     },
     Action {
         name: "DescribeRegions",

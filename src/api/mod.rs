@@ -11,8 +11,8 @@
 //! - [`sigv4`]: AWS Signature Version 4 verification against the store's access keys.
 //! - [`xml`]: response and error documents with the element names of botocore's `ec2` model.
 //! - [`dispatch`]: authentication, action lookup, parameter checks, DryRun, then one of the
-//!   handlers in [`images`], [`snapshots`], [`instances`] (XML in [`instance_xml`]) and
-//!   [`meta`].
+//!   handlers in [`images`], [`snapshots`], [`instances`] (XML in [`instance_xml`]),
+//!   [`key_pairs`] and [`meta`].
 //! - [`errors`]: EC2 error codes and HTTP statuses.
 
 pub mod dispatch;
@@ -21,6 +21,7 @@ pub mod form;
 pub mod images;
 pub mod instance_xml;
 pub mod instances;
+pub mod key_pairs;
 pub mod meta;
 pub mod params;
 pub mod server;

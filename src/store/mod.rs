@@ -75,6 +75,7 @@ pub mod gc;
 pub mod ids;
 pub mod image_index;
 pub mod images;
+pub mod key_pairs;
 pub mod layout;
 pub mod manifest;
 pub mod qcow2;
@@ -82,6 +83,7 @@ pub mod records;
 pub mod snapshot;
 pub mod snapshots;
 pub mod source;
+pub mod ssh_keys;
 pub mod txn;
 pub mod verify;
 pub mod view;
@@ -91,9 +93,10 @@ pub use disk_image::DiskImageRequest;
 pub use error::{Result, StoreError};
 pub use filter::{ImageFilter, OwnerFilter};
 pub use gc::GcReport;
-pub use ids::{AccountId, ContentHash, ImageId, SnapshotId};
+pub use ids::{AccountId, ContentHash, ImageId, KeyPairId, SnapshotId};
 pub use image_index::ImageSet;
 pub use images::{CreateImageRequest, VolumeSpec};
+pub use key_pairs::{KeyPair, KeyPairRef};
 pub use manifest::{
     Architecture, BlobRef, BlockDeviceMapping, EbsBlockDevice, Image, ImageState, KernelFormat,
     KernelRef,
