@@ -119,12 +119,12 @@ pub fn from_store(e: StoreError, about: Resource) -> ApiError {
         // known but may not act.
         StoreError::PermissionDenied(_) if about == Resource::Image => AUTH_FAILURE,
         StoreError::PermissionDenied(_) => UNAUTHORIZED_OPERATION,
-        StoreError::NameTaken { .. } if about == Resource::KeyPair => INVALID_KEY_PAIR_DUPLICATE,
         StoreError::NameTaken { .. } => INVALID_AMI_NAME_DUPLICATE,
         StoreError::InUse(_) => match about {
             Resource::Snapshot => INVALID_SNAPSHOT_IN_USE,
             _ => INVALID_PARAMETER_VALUE,
         },
+        StoreError::KeyNameTaken { .. } => INVALID_KEY_PAIR_DUPLICATE,
         StoreError::BadKey(_) => INVALID_KEY_PAIR_FORMAT,
         StoreError::LimitExceeded(_) => RESOURCE_LIMIT_EXCEEDED,
         StoreError::Source { .. }

@@ -144,7 +144,7 @@ impl Store {
         let mut count = 0;
         for k in mine {
             if k.key_name == name {
-                return Err(StoreError::NameTaken {
+                return Err(StoreError::KeyNameTaken {
                     owner: account.to_string(),
                     name: name.to_string(),
                     id: k.key_pair_id.to_string(),
@@ -293,7 +293,7 @@ mod tests {
         store.import_key_pair(&b, "k1", PUB, BTreeMap::new()).unwrap();
         assert!(matches!(
             store.import_key_pair(&a, "k1", PUB, BTreeMap::new()),
-            Err(StoreError::NameTaken { .. })
+            Err(StoreError::KeyNameTaken { .. })
         ));
         let names: Vec<String> = store
             .list_key_pairs(&a)
