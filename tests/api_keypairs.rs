@@ -17,7 +17,10 @@ fn key_pairs(env: &Env) -> Vec<serde_json::Value> {
 }
 
 fn ssh_keygen(args: &[&str]) -> String {
-    let out = Command::new("ssh-keygen").args(args).output().expect("ssh-keygen");
+    let out = Command::new("ssh-keygen")
+        .args(args)
+        .output()
+        .expect("ssh-keygen");
     assert!(out.status.success(), "ssh-keygen {args:?}: {out:?}");
     String::from_utf8(out.stdout).unwrap()
 }
@@ -28,7 +31,13 @@ fn cli_key_pairs_agree_with_ssh_keygen() {
     // create --key-file: a 0600 OpenSSH private key that ssh-keygen reads; its public half
     // and fingerprint are what amivm stored and shows.
     let key = env.path("id_k1");
-    let out = env.ok(&["key-pair", "create", "k1", "--key-file", key.to_str().unwrap()]);
+    let out = env.ok(&[
+        "key-pair",
+        "create",
+        "k1",
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
     let (id, fp) = out.trim().split_once('\t').expect("id and fingerprint");
     assert!(id.starts_with("key-"), "{out}");
     assert_eq!(std::fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
@@ -41,31 +50,50 @@ fn cli_key_pairs_agree_with_ssh_keygen() {
     // `256 SHA256:<base64 without padding> comment (ED25519)`; EC2 keeps the padding.
     let shown = ssh_keygen(&["-l", "-E", "sha256", "-f", k]);
     let sha = shown.split_whitespace().nth(1).unwrap();
-    assert_eq!(format!("SHA256:{}", fp.trim_end_matches('=')), sha, "{shown}");
+    assert_eq!(
+        format!("SHA256:{}", fp.trim_end_matches('=')),
+        sha,
+        "{shown}"
+    );
     assert_eq!(listed[0]["KeyFingerprint"], fp);
     let store_text = std::fs::read_to_string(env.store.join("key-pairs.json")).unwrap();
     assert!(!store_text.contains("PRIVATE"), "the private key was kept");
 
     // Without --key-file the private key is printed once.
     let printed = env.ok(&["key-pair", "create", "k2"]);
-    assert!(printed.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"), "{printed}");
+    assert!(
+        printed.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"),
+        "{printed}"
+    );
 
     // import: an RSA key from ssh-keygen; its fingerprint is the MD5 of the DER public key,
     // computed here with ssh-keygen (PKCS8 export) and openssl.
     let rsa = env.path("id_rsa");
-    ssh_keygen(&["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", rsa.to_str().unwrap()]);
+    ssh_keygen(&[
+        "-q",
+        "-t",
+        "rsa",
+        "-b",
+        "2048",
+        "-N",
+        "",
+        "-f",
+        rsa.to_str().unwrap(),
+    ]);
     let rsa_pub = format!("{}.pub", rsa.display());
     let out = env.ok(&["key-pair", "import", "k3", "--public-key", &rsa_pub]);
     let pem = ssh_keygen(&["-e", "-m", "PKCS8", "-f", &rsa_pub]);
     let der = Command::new("sh")
         .arg("-c")
         .arg("openssl pkey -pubin -outform DER | openssl md5 -c")
-        .stdin(std::fs::File::open({
-            let p = env.path("rsa.pem");
-            std::fs::write(&p, pem).unwrap();
-            p
-        })
-        .unwrap())
+        .stdin(
+            std::fs::File::open({
+                let p = env.path("rsa.pem");
+                std::fs::write(&p, pem).unwrap();
+                p
+            })
+            .unwrap(),
+        )
         .output()
         .unwrap();
     let md5 = String::from_utf8(der.stdout).unwrap();
@@ -82,12 +110,27 @@ fn cli_key_pairs_agree_with_ssh_keygen() {
         assert!(o.stderr.contains(want), "{args:?}: {}", o.describe());
         assert_eq!(o.stderr.trim().lines().count(), 1, "{}", o.describe());
     };
-    fails(&["key-pair", "import", "k4", "--public-key", bad.to_str().unwrap()], "OpenSSH public key");
-    fails(&["key-pair", "import", "k4", "--public-key", "/dev/zero"], "regular file");
+    fails(
+        &[
+            "key-pair",
+            "import",
+            "k4",
+            "--public-key",
+            bad.to_str().unwrap(),
+        ],
+        "OpenSSH public key",
+    );
+    fails(
+        &["key-pair", "import", "k4", "--public-key", "/dev/zero"],
+        "regular file",
+    );
     fails(&["key-pair", "create", "k1"], "already");
     fails(&["key-pair", "create", "tab\tname"], "printable ASCII");
     // An existing --key-file is never overwritten, and no key pair is made.
-    fails(&["key-pair", "create", "k5", "--key-file", k], "cannot create");
+    fails(
+        &["key-pair", "create", "k5", "--key-file", k],
+        "cannot create",
+    );
     assert_eq!(ssh_keygen(&["-y", "-f", k]), public);
     fails(&["key-pair", "rm", "nope"], "does not exist");
     fails(&["run", &env.ami, "--key-name", "nope"], "does not exist");

@@ -33,7 +33,10 @@ fn a_warm_index_sees_other_processes_changes_at_once() {
     assert!(visible(&server, FRIEND).is_empty());
     let a = server.images().unwrap();
     let b = server.images().unwrap();
-    assert!(std::sync::Arc::ptr_eq(&a, &b), "an unchanged store is not re-read");
+    assert!(
+        std::sync::Arc::ptr_eq(&a, &b),
+        "an unchanged store is not re-read"
+    );
 
     // Shared and unshared by the CLI (another process), many times in quick succession (within
     // one tick of the file-system clock): every lookup right after a change sees it.
@@ -59,7 +62,9 @@ fn a_warm_index_sees_other_processes_changes_at_once() {
     // Another handle in this process (its own index) changes the store: seen too.
     let other = Store::open(&env.store).unwrap();
     let owner = AccountId::parse(OWNER).unwrap();
-    other.share_image(&owner, &id, &[friend.clone()], false).unwrap();
+    other
+        .share_image(&owner, &id, &[friend.clone()], false)
+        .unwrap();
     assert_eq!(visible(&server, FRIEND), ["base"]);
 
     // New images and deregistered ones.
@@ -83,8 +88,7 @@ fn a_manifest_written_by_hand_is_seen() {
     // from backup would): the directory's times move, so the index is rebuilt.
     std::thread::sleep(std::time::Duration::from_millis(20));
     let src = env.store.join("images").join(format!("{ami}.json"));
-    let mut m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&src).unwrap()).unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&src).unwrap()).unwrap();
     m["ImageId"] = "ami-0123456789abcdef0".into();
     m["Name"] = "by-hand".into();
     let dst = env.store.join("images").join("ami-0123456789abcdef0.json");

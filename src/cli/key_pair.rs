@@ -163,7 +163,9 @@ pub fn run(cmd: KeyPairCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
             };
             let k = store.delete_key_pair(&caller, &which)?;
             if json {
-                print_json(&json!({ "KeyName": k.key_name, "KeyPairId": k.key_pair_id.as_str(), "Deleted": true }))?;
+                print_json(
+                    &json!({ "KeyName": k.key_name, "KeyPairId": k.key_pair_id.as_str(), "Deleted": true }),
+                )?;
             } else {
                 println!("deleted {} ({})", k.key_name, k.key_pair_id);
             }

@@ -329,7 +329,9 @@ impl ObjectStore for LocalDir {
                 continue;
             };
             // The entry's type comes with the listing (no stat), except for a symlink.
-            let ft = ent.file_type().map_err(|e| StoreError::io("list", &dir, e))?;
+            let ft = ent
+                .file_type()
+                .map_err(|e| StoreError::io("list", &dir, e))?;
             if ft.is_file() || (ft.is_symlink() && ent.path().is_file()) {
                 ids.push(id);
             }

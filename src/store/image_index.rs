@@ -37,12 +37,14 @@ impl ImageSet {
     pub fn load(backend: &dyn ObjectStore) -> Result<ImageSet> {
         let mut by_id = Vec::new();
         for id in backend.list_docs(&Collection::Images)? {
-            let parsed = backend.get_doc(&Collection::Images, &id).and_then(|b| match b {
-                None => Ok(None),
-                Some(bytes) => serde_json::from_slice::<Image>(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::corrupt(format!("images {id}"), e.to_string())),
-            });
+            let parsed = backend
+                .get_doc(&Collection::Images, &id)
+                .and_then(|b| match b {
+                    None => Ok(None),
+                    Some(bytes) => serde_json::from_slice::<Image>(&bytes)
+                        .map(Some)
+                        .map_err(|e| StoreError::corrupt(format!("images {id}"), e.to_string())),
+                });
             match parsed {
                 Ok(Some(img)) => by_id.push(img),
                 // Deleted between the listing and the read.

@@ -287,10 +287,17 @@ mod tests {
         let a = AccountId::parse("111111111111").unwrap();
         let b = AccountId::parse("222222222222").unwrap();
         let created = store.create_key_pair(&a, "k1", BTreeMap::new()).unwrap();
-        let imported = store.import_key_pair(&a, "k2", PUB, BTreeMap::new()).unwrap();
-        assert_eq!(imported.key_fingerprint, "fgDG6MRZisurmToXyhNTEYlwIktTnpEoKB+vY0V/ocQ=");
+        let imported = store
+            .import_key_pair(&a, "k2", PUB, BTreeMap::new())
+            .unwrap();
+        assert_eq!(
+            imported.key_fingerprint,
+            "fgDG6MRZisurmToXyhNTEYlwIktTnpEoKB+vY0V/ocQ="
+        );
         // The same name in another account is another key pair; a taken name is refused.
-        store.import_key_pair(&b, "k1", PUB, BTreeMap::new()).unwrap();
+        store
+            .import_key_pair(&b, "k1", PUB, BTreeMap::new())
+            .unwrap();
         assert!(matches!(
             store.import_key_pair(&a, "k1", PUB, BTreeMap::new()),
             Err(StoreError::KeyNameTaken { .. })
@@ -303,7 +310,10 @@ mod tests {
             .collect();
         assert_eq!(names, ["k1", "k2"]);
         assert_eq!(store.key_pair(&a, "k1").unwrap(), created.key_pair);
-        assert!(matches!(store.key_pair(&b, "k2"), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.key_pair(&b, "k2"),
+            Err(StoreError::NotFound(_))
+        ));
         // The file is private and holds no private key.
         let path = dir.path().join(KEY_PAIRS_FILE);
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, FILE_MODE);

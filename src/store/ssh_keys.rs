@@ -201,7 +201,10 @@ mod tests {
         let private = PrivateKey::from_openssh(&g.private_openssh).unwrap();
         let public = describe(private.public_key()).unwrap();
         assert_eq!(public, g.public);
-        assert_eq!(parse_public_key(g.public.openssh.as_bytes()).unwrap(), g.public);
+        assert_eq!(
+            parse_public_key(g.public.openssh.as_bytes()).unwrap(),
+            g.public
+        );
         assert!(!format!("{g:?}").contains("PRIVATE"));
     }
 
