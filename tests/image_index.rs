@@ -63,7 +63,7 @@ fn a_warm_index_sees_other_processes_changes_at_once() {
     let other = Store::open(&env.store).unwrap();
     let owner = AccountId::parse(OWNER).unwrap();
     other
-        .share_image(&owner, &id, &[friend.clone()], false)
+        .share_image(&owner, &id, std::slice::from_ref(&friend), false)
         .unwrap();
     assert_eq!(visible(&server, FRIEND), ["base"]);
 
