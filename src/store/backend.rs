@@ -203,7 +203,10 @@ impl LocalDir {
         let dest = self.stamp_path(c);
         let tmp = self.layout.tmp().join(fsio::temp_name("stamp"));
         let token = hex::encode(rand::random::<[u8; 16]>());
-        std::fs::write(&tmp, token).map_err(|e| StoreError::io("write", &tmp, e))?;
+        // Private like every store file (fsio::PRIVATE_FILE_MODE; the umask only takes bits away).
+        let mut f = fsio::create_private(&tmp).map_err(|e| StoreError::io("write", &tmp, e))?;
+        std::io::Write::write_all(&mut f, token.as_bytes())
+            .map_err(|e| StoreError::io("write", &tmp, e))?;
         std::fs::rename(&tmp, &dest).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             StoreError::io("rename into", &dest, e)
