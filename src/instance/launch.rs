@@ -50,6 +50,8 @@ pub struct LaunchRequest {
     pub remove_on_stop: bool,
     /// `--serial-log`: the console log goes there instead of the instance directory.
     pub serial_log: Option<PathBuf>,
+    /// `--key-name`: a key pair of the caller's, whose public key the record keeps.
+    pub key_name: Option<String>,
 }
 
 /// How to run the VM.
@@ -87,6 +89,11 @@ pub fn create(
     if let Some(data) = &req.user_data {
         super::metadata::check_user_data(data)?;
     }
+    let key = req
+        .key_name
+        .as_ref()
+        .map(|k| store.key_pair(caller, k))
+        .transpose()?;
     let mut mappings = image.block_device_mappings.clone();
     mappings.sort_by_key(|m| device_index(&m.device_name).unwrap_or(usize::MAX));
     if image.root_mapping().is_none() {
@@ -160,6 +167,8 @@ pub fn create(
         volumes,
         process: None,
         tags: Default::default(),
+        key_name: key.as_ref().map(|k| k.key_name.clone()),
+        public_key: key.map(|k| k.public_key),
     };
     record::put(store, &inst).map_err(cleanup)?;
     Ok((inst, lock))

@@ -108,6 +108,10 @@ pub struct RunArgs {
     /// Run in the background (console to the instance's log) and print the instance id.
     #[arg(long, short = 'd')]
     pub detach: bool,
+    /// Launch with this key pair of the account's (see `amivm key-pair`): the instance keeps
+    /// its name and public key.
+    #[arg(long, value_name = "NAME")]
+    pub key_name: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -52,6 +52,7 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         shutdown_behavior: args.shutdown_behavior,
         remove_on_stop: args.rm,
         serial_log: args.serial_log.clone(),
+        key_name: args.key_name.clone(),
     };
     let (inst, lock) = launch::create(&store, &caller, &req)?;
     if args.detach {
