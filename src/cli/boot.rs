@@ -3,6 +3,7 @@
 use super::exit;
 use crate::vmm::boot::{cmdline, BootProtocol};
 use crate::vmm::devices::virtio::BlockConfig;
+use crate::vmm::jail::{self, spawn::Ending, Report};
 use crate::vmm::platform::Board;
 use crate::vmm::sandbox::{FsPolicy, SandboxConfig, TestHook};
 use crate::vmm::x86_64::mptable::MAX_CPUS;
@@ -71,7 +72,9 @@ pub struct BootArgs {
     /// instances set AMIVM_NO_SECCOMP=1).
     #[arg(long)]
     pub no_seccomp: bool,
-    /// Test-only probes of the sandbox: `vcpu-syscall` or `open:PATH`.
+    #[command(flatten)]
+    pub jail: super::jail::JailArgs,
+    /// Test-only probes of the sandbox: `vcpu-syscall`, `open:PATH` or `list-root`.
     #[arg(long, hide = true, value_name = "HOOK", value_parser = parse_test_hook)]
     pub x_sandbox_test: Option<TestHook>,
 }
@@ -80,6 +83,7 @@ pub struct BootArgs {
 fn parse_test_hook(s: &str) -> Result<TestHook, String> {
     match s.split_once(':') {
         None if s == "vcpu-syscall" => Ok(TestHook::VcpuSyscall),
+        None if s == "list-root" => Ok(TestHook::ListRoot),
         Some(("open", path)) => Ok(TestHook::Open(path.into())),
         _ => Err(format!("unknown sandbox test '{s}'")),
     }
@@ -192,6 +196,8 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
             seccomp: crate::vmm::sandbox::seccomp_wanted(args.no_seccomp),
             fs: Some(FsPolicy::default()),
             test_hook: args.x_sandbox_test,
+            // Nothing stays visible in the jail: every file is open before it is entered.
+            jail: args.jail.config(Vec::new()),
         },
         stop_grace: match args.stop_grace {
             Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
@@ -200,6 +206,9 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         },
         discovery: args.device_discovery,
     };
+    if config.sandbox.jail.is_some() {
+        return run_jailed(config, args.drive);
+    }
     let drives = open_drives(&args.drive)?;
     let mut vmm = Vmm::new(config, drives).context("cannot start the VM")?;
     let exit = vmm.run().context("VM failed")?;
@@ -207,6 +216,40 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     // while the VM still exists, costs ~18 ms of MMU-notifier work under KVM for nothing.
     std::mem::forget(vmm);
     Ok(report_exit(&exit))
+}
+
+/// `boot --jail`: the VM built and run in a jailed child (crate::vmm::jail); this process
+/// relays signals and exits as the VM ended.
+fn run_jailed(config: VmConfig, specs: Vec<DriveSpec>) -> anyhow::Result<i32> {
+    let vm = jail::spawn(|in_user_ns, rep| {
+        let mut config = config;
+        if let Some(j) = &mut config.sandbox.jail {
+            j.in_user_ns = in_user_ns;
+        }
+        let built = open_drives(&specs)
+            .and_then(|d| Vmm::new(config, d).context("cannot start the VM"));
+        let mut vmm = match built {
+            Ok(v) => v,
+            Err(e) => {
+                rep.send(&Report::Failed(format!("{e:#}")));
+                return exit::AMIVM_FAILED;
+            }
+        };
+        rep.send(&Report::Built);
+        match vmm.run() {
+            Ok(exit) => rep.send(&Report::Ended(exit)),
+            Err(e) => rep.send(&Report::Failed(format!("VM failed: {e}"))),
+        }
+        // As without the jail: the kernel frees the VM with the process.
+        std::mem::forget(vmm);
+        exit::GUEST_STOPPED
+    })?;
+    match jail::spawn::supervise(vm, || Ok::<(), std::convert::Infallible>(())) {
+        Ok(Ending::Ended(exit)) => Ok(report_exit(&exit)),
+        Ok(Ending::Failed(why)) => anyhow::bail!("{why}"),
+        Ok(Ending::Died(status)) => Ok(status),
+        Err(never) => match never {},
+    }
 }
 
 #[cfg(test)]

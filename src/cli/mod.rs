@@ -8,6 +8,7 @@ mod drive;
 pub mod exit;
 mod image;
 mod instance;
+mod jail;
 mod output;
 mod serve;
 

@@ -102,6 +102,8 @@ pub struct RunArgs {
     /// Run in the background (console to the instance's log) and print the instance id.
     #[arg(long, short = 'd')]
     pub detach: bool,
+    #[command(flatten)]
+    pub jail: crate::cli::jail::JailArgs,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +119,8 @@ pub struct StartArgs {
     /// Stop the instance (successfully) once the console matches this regex.
     #[arg(long, value_name = "REGEX")]
     pub expect: Option<String>,
+    #[command(flatten)]
+    pub jail: crate::cli::jail::JailArgs,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +153,8 @@ pub struct RunInstanceArgs {
     /// The console goes to this file (the launch's `--serial-log`).
     #[arg(long)]
     pub serial_log: Option<PathBuf>,
+    #[command(flatten)]
+    pub jail: crate::cli::jail::JailArgs,
 }
 
 /// Run an instance command; returns the process exit code.

@@ -1,0 +1,47 @@
+//! `--jail`, `--jail-uid`, `--jail-gid`: shared by `boot`, `run`, `start` and the detached run.
+
+use crate::vmm::jail::{JailConfig, NOBODY};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct JailArgs {
+    /// Run the VM process jailed: new mount, PID and IPC namespaces (and a user namespace when
+    /// not root), a private empty root, and, when started as root, the uid and gid below
+    /// instead of root. See docs/security.md.
+    #[arg(long)]
+    pub jail: bool,
+    /// With --jail as root: the uid the VM process runs as (default 65534, nobody).
+    #[arg(long, value_name = "UID", default_value_t = NOBODY, requires = "jail")]
+    pub jail_uid: u32,
+    /// With --jail as root: the gid the VM process runs as (default 65534, nogroup).
+    #[arg(long, value_name = "GID", default_value_t = NOBODY, requires = "jail")]
+    pub jail_gid: u32,
+}
+
+impl JailArgs {
+    /// The jail, if asked for: `read_only` stays visible in it (an instance's store, which then
+    /// needs `CAP_DAC_READ_SEARCH` to stay readable by a dropped uid).
+    pub fn config(&self, read_only: Vec<PathBuf>) -> Option<JailConfig> {
+        self.jail.then(|| JailConfig {
+            uid: self.jail_uid,
+            gid: self.jail_gid,
+            keep_read_search: !read_only.is_empty(),
+            read_only,
+            in_user_ns: false,
+        })
+    }
+
+    /// The same options on a command line (for the detached run).
+    pub fn to_args(&self) -> Vec<String> {
+        if !self.jail {
+            return Vec::new();
+        }
+        vec![
+            "--jail".into(),
+            "--jail-uid".into(),
+            self.jail_uid.to_string(),
+            "--jail-gid".into(),
+            self.jail_gid.to_string(),
+        ]
+    }
+}
