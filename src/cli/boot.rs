@@ -226,8 +226,8 @@ fn run_jailed(config: VmConfig, specs: Vec<DriveSpec>) -> anyhow::Result<i32> {
         if let Some(j) = &mut config.sandbox.jail {
             j.in_user_ns = in_user_ns;
         }
-        let built = open_drives(&specs)
-            .and_then(|d| Vmm::new(config, d).context("cannot start the VM"));
+        let built =
+            open_drives(&specs).and_then(|d| Vmm::new(config, d).context("cannot start the VM"));
         let mut vmm = match built {
             Ok(v) => v,
             Err(e) => {

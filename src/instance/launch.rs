@@ -186,7 +186,11 @@ fn make_overlay(
 }
 
 /// Open the instance's volumes as block devices, root first.
-pub(super) fn open_drives(store: &Store, inst: &Instance, dir: &InstanceDir) -> Result<Vec<BlockDrive>> {
+pub(super) fn open_drives(
+    store: &Store,
+    inst: &Instance,
+    dir: &InstanceDir,
+) -> Result<Vec<BlockDrive>> {
     let mut drives = Vec::new();
     for v in inst.volumes.iter().filter(|v| !v.deleted) {
         let view = base_view(store, v)?;

@@ -101,10 +101,8 @@ fn check(ret: libc::c_int, what: &str) -> Result<(), JailError> {
 }
 
 fn cstr(p: &Path) -> Result<CString, JailError> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| JailError::Protocol(format!(
-        "path {} contains a NUL byte",
-        p.display()
-    )))
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| JailError::Protocol(format!("path {} contains a NUL byte", p.display())))
 }
 
 fn mount(
@@ -171,7 +169,13 @@ pub fn enter(cfg: &JailConfig) -> Result<(), JailError> {
         })
         .collect::<Result<_, JailError>>()?;
     let root = Path::new(NEW_ROOT);
-    mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    mount(
+        None,
+        Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_PRIVATE,
+        None,
+    )?;
     mount(
         Some(Path::new("tmpfs")),
         root,
@@ -186,7 +190,8 @@ pub fn enter(cfg: &JailConfig) -> Result<(), JailError> {
             .map(|m| m.is_dir())
             .unwrap_or(true);
         if is_dir {
-            std::fs::create_dir_all(&target).map_err(sys(format!("create {}", target.display())))?;
+            std::fs::create_dir_all(&target)
+                .map_err(sys(format!("create {}", target.display())))?;
         } else {
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)
@@ -195,7 +200,13 @@ pub fn enter(cfg: &JailConfig) -> Result<(), JailError> {
             std::fs::File::create(&target).map_err(sys(format!("create {}", target.display())))?;
         }
         let src = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        mount(Some(&src), &target, None, libc::MS_BIND | libc::MS_REC, None)?;
+        mount(
+            Some(&src),
+            &target,
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+        )?;
         let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | locked_flags(&target);
         mount(None, &target, None, flags, None)?;
     }
@@ -247,10 +258,14 @@ fn drop_identity(cfg: &JailConfig) -> Result<(), JailError> {
     };
     // SAFETY: getuid takes no arguments.
     if !cfg.in_user_ns && unsafe { libc::geteuid() } == 0 {
-        rustix::thread::set_keep_capabilities(true).map_err(|e| sys("keep capabilities")(e.into()))?;
+        rustix::thread::set_keep_capabilities(true)
+            .map_err(|e| sys("keep capabilities")(e.into()))?;
         // SAFETY: setgroups with a count of 0 and a null list clears the supplementary groups;
         // setresgid/setresuid take plain ids. glibc applies them to every thread (there is one).
-        check(unsafe { libc::setgroups(0, std::ptr::null()) }, "clear the groups")?;
+        check(
+            unsafe { libc::setgroups(0, std::ptr::null()) },
+            "clear the groups",
+        )?;
         check(
             unsafe { libc::setresgid(cfg.gid, cfg.gid, cfg.gid) },
             &format!("set gid {}", cfg.gid),

@@ -97,7 +97,10 @@ fn relay_signals() -> Result<(), JailError> {
 fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two descriptors we then own.
-    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, "make a pipe")?;
+    check(
+        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
+        "make a pipe",
+    )?;
     // SAFETY: both descriptors were just created and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
@@ -156,7 +159,9 @@ where
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
         // Wait until the parent has mapped our ids (or gone: then the read ends with nothing).
         let mut go = [0u8; 1];
-        let ok = std::fs::File::from(go_r).read(&mut go).is_ok_and(|n| n == 1);
+        let ok = std::fs::File::from(go_r)
+            .read(&mut go)
+            .is_ok_and(|n| n == 1);
         let code = if ok {
             let mut rep = Reporter {
                 pipe: std::fs::File::from(report_w),
@@ -215,7 +220,8 @@ impl JailedVm {
             if r == self.pid {
                 break;
             }
-            if r == -1 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            if r == -1 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+            {
                 return LOST;
             }
         }
