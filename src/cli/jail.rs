@@ -22,7 +22,7 @@ impl JailArgs {
     /// The jail, if asked for: `read_only` stays visible in it (an instance's store, which then
     /// needs `CAP_DAC_READ_SEARCH` to stay readable by a dropped uid).
     pub fn config(&self, read_only: Vec<PathBuf>) -> Option<JailConfig> {
-        self.jail.then(|| JailConfig {
+        self.jail.then_some(JailConfig {
             uid: self.jail_uid,
             gid: self.jail_gid,
             keep_read_search: !read_only.is_empty(),

@@ -218,10 +218,8 @@ pub fn enter(cfg: &JailConfig) -> Result<(), JailError> {
     let ret = unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) };
     check(ret as libc::c_int, "pivot_root")?;
     // SAFETY: umount2 of "." with MNT_DETACH takes a valid string.
-    check(
-        unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) },
-        "detach the old root",
-    )?;
+    let ret = unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) };
+    check(ret, "detach the old root")?;
     std::env::set_current_dir("/").map_err(sys("enter /"))?;
     // The new root itself read-only: nothing in the jail can create files.
     mount(
@@ -260,20 +258,16 @@ fn drop_identity(cfg: &JailConfig) -> Result<(), JailError> {
     if !cfg.in_user_ns && unsafe { libc::geteuid() } == 0 {
         rustix::thread::set_keep_capabilities(true)
             .map_err(|e| sys("keep capabilities")(e.into()))?;
-        // SAFETY: setgroups with a count of 0 and a null list clears the supplementary groups;
-        // setresgid/setresuid take plain ids. glibc applies them to every thread (there is one).
-        check(
-            unsafe { libc::setgroups(0, std::ptr::null()) },
-            "clear the groups",
-        )?;
-        check(
-            unsafe { libc::setresgid(cfg.gid, cfg.gid, cfg.gid) },
-            &format!("set gid {}", cfg.gid),
-        )?;
-        check(
-            unsafe { libc::setresuid(cfg.uid, cfg.uid, cfg.uid) },
-            &format!("set uid {}", cfg.uid),
-        )?;
+        // SAFETY: setgroups with a count of 0 and a null list clears the supplementary groups.
+        let ret = unsafe { libc::setgroups(0, std::ptr::null()) };
+        check(ret, "clear the groups")?;
+        // SAFETY: setresgid/setresuid take plain ids; glibc applies them to every thread (there
+        // is one).
+        let ret = unsafe { libc::setresgid(cfg.gid, cfg.gid, cfg.gid) };
+        check(ret, &format!("set gid {}", cfg.gid))?;
+        // SAFETY: as above.
+        let ret = unsafe { libc::setresuid(cfg.uid, cfg.uid, cfg.uid) };
+        check(ret, &format!("set uid {}", cfg.uid))?;
         rustix::thread::set_keep_capabilities(false)
             .map_err(|e| sys("stop keeping capabilities")(e.into()))?;
     }

@@ -86,10 +86,8 @@ fn relay_signals() -> Result<(), JailError> {
         act.sa_sigaction = relay as *const () as usize;
         act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         // SAFETY: act is initialised; the old action is not needed.
-        check(
-            unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) },
-            "install the signal relay",
-        )?;
+        let ret = unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) };
+        check(ret, "install the signal relay")?;
     }
     Ok(())
 }
@@ -97,10 +95,8 @@ fn relay_signals() -> Result<(), JailError> {
 fn pipe() -> Result<(OwnedFd, OwnedFd), JailError> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two descriptors we then own.
-    check(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) },
-        "make a pipe",
-    )?;
+    let ret = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    check(ret, "make a pipe")?;
     // SAFETY: both descriptors were just created and are owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
@@ -127,6 +123,14 @@ where
     // SAFETY: geteuid/getegid take no arguments.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let user_ns = uid != 0;
+    // A clone copies only the calling thread: another thread's locks would stay held forever
+    // in the copy.
+    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
+    if threads > 1 {
+        return Err(JailError::Protocol(format!(
+            "the VM process must be started from a single-threaded process ({threads} threads)"
+        )));
+    }
     let (report_r, report_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
     let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC;
@@ -182,15 +186,23 @@ where
         pid,
         reports: BufReader::new(std::fs::File::from(report_r)),
     };
-    if user_ns {
-        map_ids(pid, uid, gid)?;
+    let started = (|| {
+        if user_ns {
+            map_ids(pid, uid, gid)?;
+        }
+        CHILD.store(pid, Ordering::Relaxed);
+        relay_signals()?;
+        std::fs::File::from(go_w)
+            .write_all(b"g")
+            .map_err(super::sys("start the VM process"))
+    })();
+    match started {
+        Ok(()) => Ok(vm),
+        Err(e) => {
+            vm.kill();
+            Err(e)
+        }
     }
-    CHILD.store(pid, Ordering::Relaxed);
-    relay_signals()?;
-    std::fs::File::from(go_w)
-        .write_all(b"g")
-        .map_err(super::sys("start the VM process"))?;
-    Ok(vm)
 }
 
 impl JailedVm {
