@@ -45,3 +45,34 @@ impl JailArgs {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        jail: JailArgs,
+    }
+
+    #[test]
+    fn ids_default_to_nobody_need_jail_and_round_trip() {
+        let t = T::try_parse_from(["t"]).unwrap();
+        assert_eq!(t.jail.config(vec![]), None);
+        assert!(t.jail.to_args().is_empty());
+        assert!(T::try_parse_from(["t", "--jail-uid", "5"]).is_err());
+        let t = T::try_parse_from(["t", "--jail"]).unwrap();
+        let c = t.jail.config(vec![]).unwrap();
+        assert_eq!((c.uid, c.gid, c.keep_read_search), (NOBODY, NOBODY, false));
+        let t = T::try_parse_from(["t", "--jail", "--jail-uid", "7", "--jail-gid", "8"]).unwrap();
+        let c = t.jail.config(vec!["/s".into()]).unwrap();
+        assert_eq!((c.uid, c.gid, c.keep_read_search), (7, 8, true));
+        let mut argv = vec!["t".to_string()];
+        argv.extend(t.jail.to_args());
+        let again = T::try_parse_from(argv).unwrap();
+        assert_eq!(again.jail.config(vec![]), t.jail.config(vec![]));
+        assert!(T::try_parse_from(["t", "--jail", "--jail-uid", "-1"]).is_err());
+    }
+}

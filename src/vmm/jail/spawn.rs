@@ -315,4 +315,25 @@ mod tests {
         assert_eq!(Report::decode("{\"Ended\":\"Nonsense\"}"), None);
         assert_eq!(Report::decode(""), None);
     }
+
+    /// A VM process that floods the pipe without a newline is read only up to the bound.
+    #[test]
+    fn an_overlong_report_is_not_a_report() {
+        let (r, w) = pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut w = std::fs::File::from(w);
+            let mut line = Report::Built.encode();
+            let _ = w.write_all(line.as_bytes());
+            line = "x".repeat(MAX_REPORT_LINE as usize * 2);
+            let _ = w.write_all(line.as_bytes());
+        });
+        let mut vm = JailedVm {
+            pid: 0,
+            reports: BufReader::new(std::fs::File::from(r)),
+        };
+        assert_eq!(vm.next_report(), Some(Report::Built));
+        assert_eq!(vm.next_report(), None);
+        drop(vm);
+        let _ = writer.join();
+    }
 }
