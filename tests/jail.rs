@@ -369,3 +369,55 @@ fn a_jailed_instance_runs_stops_starts_and_terminates() {
     expect_read(&r, &op(&r, "read", 0), &view, 100, 4);
     assert_eq!(env.state(&fg), "stopped");
 }
+
+/// A jailed VM that cannot be built (the AMI's kernel damaged in the store) fails the launch as
+/// without the jail: one line, exit 125, the instance terminated with `launch failed`.
+#[test]
+fn a_jailed_vm_that_cannot_be_built_fails_the_launch_cleanly() {
+    let env = Env::new();
+    let blobs: Vec<_> = std::fs::read_dir(env.store.join("blobs"))
+        .unwrap()
+        .flatten()
+        .flat_map(|e| {
+            if e.path().is_dir() {
+                std::fs::read_dir(e.path())
+                    .unwrap()
+                    .flatten()
+                    .map(|f| f.path())
+                    .collect()
+            } else {
+                vec![e.path()]
+            }
+        })
+        .collect();
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    let mut perm = std::fs::metadata(&blobs[0]).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(&blobs[0], perm).unwrap();
+    std::fs::write(&blobs[0], b"not a kernel").unwrap();
+    for args in [vec!["--detach", "--jail"], vec!["--jail"]] {
+        let out = env.launch(&env.ami, &args);
+        assert_eq!(
+            out.code,
+            Some(instance_common::EXIT_FAILED),
+            "{}",
+            out.describe()
+        );
+        let lines: Vec<_> = out
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with("amivm: instance "))
+            .collect();
+        assert_eq!(lines.len(), 1, "{}", out.describe());
+    }
+    let ps = env.ps();
+    assert_eq!(ps.len(), 2);
+    for i in &ps {
+        assert_eq!(i["State"]["Name"], "terminated", "{i}");
+        assert!(
+            i["StateReason"].to_string().contains("launch failed"),
+            "{i}"
+        );
+    }
+}
