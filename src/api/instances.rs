@@ -109,6 +109,7 @@ fn detach_options(ctx: &Ctx) -> DetachOptions {
         timeout: None,
         expect: None,
         first_launch: true,
+        extra_args: Vec::new(),
     }
 }
 

@@ -3,6 +3,7 @@
 use super::exit;
 use crate::vmm::boot::{cmdline, BootProtocol};
 use crate::vmm::devices::virtio::BlockConfig;
+use crate::vmm::jail::{self, spawn::Ending, Report};
 use crate::vmm::platform::Board;
 use crate::vmm::sandbox::{FsPolicy, SandboxConfig, TestHook};
 use crate::vmm::x86_64::mptable::MAX_CPUS;
@@ -82,7 +83,9 @@ pub struct BootArgs {
     /// The guest's MAC address (aa:bb:cc:dd:ee:ff); default: derived from the kernel path.
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     pub mac: Option<[u8; 6]>,
-    /// Test-only probes of the sandbox: `vcpu-syscall` or `open:PATH`.
+    #[command(flatten)]
+    pub jail: super::jail::JailArgs,
+    /// Test-only probes of the sandbox: `vcpu-syscall`, `open:PATH` or `list-root`.
     #[arg(long, hide = true, value_name = "HOOK", value_parser = parse_test_hook)]
     pub x_sandbox_test: Option<TestHook>,
 }
@@ -145,6 +148,7 @@ pub fn open_network(
 fn parse_test_hook(s: &str) -> Result<TestHook, String> {
     match s.split_once(':') {
         None if s == "vcpu-syscall" => Ok(TestHook::VcpuSyscall),
+        None if s == "list-root" => Ok(TestHook::ListRoot),
         Some(("open", path)) => Ok(TestHook::Open(path.into())),
         _ => Err(format!("unknown sandbox test '{s}'")),
     }
@@ -259,6 +263,8 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
             seccomp: crate::vmm::sandbox::seccomp_wanted(args.no_seccomp),
             fs: Some(FsPolicy::default()),
             test_hook: args.x_sandbox_test,
+            // Nothing stays visible in the jail: every file is open before it is entered.
+            jail: args.jail.config(Vec::new()),
         },
         stop_grace: match args.stop_grace {
             Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
@@ -270,16 +276,24 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     if !args.publish.is_empty() && args.network != crate::net::NetworkSpec::User {
         anyhow::bail!("--publish needs --network user");
     }
-    let drives = open_drives(&args.drive)?;
     let mac = args
         .mac
         .unwrap_or_else(|| crate::net::mac_for_instance(&config.kernel.to_string_lossy()));
-    // `--network none` with no --publish: no network card at all, as before.
+    // `--network none` with no --mac: no network card at all, as before. passt (or the tap
+    // device) is set up out here, before any jail: the VM process gets only its end.
     let (net, passt) = if args.network == crate::net::NetworkSpec::None && args.mac.is_none() {
         (None, None)
     } else {
         open_network(&args.network, &args.publish, mac)?
     };
+    if config.sandbox.jail.is_some() {
+        let ended = run_jailed(config, args.drive, net);
+        if let Some(mut child) = passt {
+            let _ = child.kill();
+        }
+        return ended;
+    }
+    let drives = open_drives(&args.drive)?;
     let mut vmm = Vmm::with_network(config, drives, net).context("cannot start the VM")?;
     let exit = vmm.run().context("VM failed")?;
     // passt also ends with us (PR_SET_PDEATHSIG); the sandbox allows kill(2), not wait4(2).
@@ -290,6 +304,44 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     // while the VM still exists, costs ~18 ms of MMU-notifier work under KVM for nothing.
     std::mem::forget(vmm);
     Ok(report_exit(&exit))
+}
+
+/// `boot --jail`: the VM built and run in a jailed child (crate::vmm::jail); this process
+/// relays signals and exits as the VM ended.
+fn run_jailed(
+    config: VmConfig,
+    specs: Vec<DriveSpec>,
+    net: Option<crate::vmm::NetworkDevice>,
+) -> anyhow::Result<i32> {
+    let vm = jail::spawn(|in_user_ns, rep| {
+        let mut config = config;
+        if let Some(j) = &mut config.sandbox.jail {
+            j.in_user_ns = in_user_ns;
+        }
+        let built = open_drives(&specs)
+            .and_then(|d| Vmm::with_network(config, d, net).context("cannot start the VM"));
+        let mut vmm = match built {
+            Ok(v) => v,
+            Err(e) => {
+                rep.send(&Report::Failed(format!("{e:#}")));
+                return exit::AMIVM_FAILED;
+            }
+        };
+        rep.send(&Report::Built);
+        match vmm.run() {
+            Ok(exit) => rep.send(&Report::Ended(exit)),
+            Err(e) => rep.send(&Report::Failed(format!("VM failed: {e}"))),
+        }
+        // As without the jail: the kernel frees the VM with the process.
+        std::mem::forget(vmm);
+        exit::GUEST_STOPPED
+    })?;
+    match jail::spawn::supervise(vm, || Ok::<(), std::convert::Infallible>(())) {
+        Ok(Ending::Ended(exit)) => Ok(report_exit(&exit)),
+        Ok(Ending::Failed(why)) => anyhow::bail!("{why}"),
+        Ok(Ending::Died(status)) => Ok(status),
+        Err(never) => match never {},
+    }
 }
 
 #[cfg(test)]

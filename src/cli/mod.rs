@@ -9,6 +9,7 @@ pub mod exit;
 mod image;
 mod instance;
 mod key_pair;
+mod jail;
 mod output;
 mod serve;
 

@@ -5,6 +5,7 @@ pub mod boot;
 pub mod console;
 pub mod devices;
 pub mod events;
+pub mod jail;
 pub mod layout;
 pub mod memory;
 pub mod netdev;

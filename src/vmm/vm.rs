@@ -80,7 +80,7 @@ pub struct VmConfig {
 }
 
 /// How the VM ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VmExit {
     /// Power-off (ACPI S5), reset, or exit port 0.
     Stopped,

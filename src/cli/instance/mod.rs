@@ -112,6 +112,8 @@ pub struct RunArgs {
     /// its name and public key.
     #[arg(long, value_name = "NAME")]
     pub key_name: Option<String>,
+    #[command(flatten)]
+    pub jail: crate::cli::jail::JailArgs,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +129,8 @@ pub struct StartArgs {
     /// Stop the instance (successfully) once the console matches this regex.
     #[arg(long, value_name = "REGEX")]
     pub expect: Option<String>,
+    #[command(flatten)]
+    pub jail: crate::cli::jail::JailArgs,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +163,8 @@ pub struct RunInstanceArgs {
     /// The console goes to this file (the launch's `--serial-log`).
     #[arg(long)]
     pub serial_log: Option<PathBuf>,
+    #[command(flatten)]
+    pub jail: crate::cli::jail::JailArgs,
 }
 
 /// Run an instance command; returns the process exit code.
