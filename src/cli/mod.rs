@@ -9,6 +9,7 @@ pub mod exit;
 mod image;
 mod instance;
 mod output;
+mod region;
 mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -97,6 +98,9 @@ pub enum Command {
     /// Access keys for `amivm serve`.
     #[command(subcommand)]
     Account(account::AccountCmd),
+    /// Regions: S3 buckets that hold images (`image push/pull --region`).
+    #[command(subcommand)]
+    Region(region::RegionCmd),
 }
 
 /// Parse the command line, run it, and return the process exit code.
@@ -124,6 +128,7 @@ pub fn main() -> i32 {
         Command::Instance(cmd) => instance::run(cmd, &cli.global),
         Command::Serve(args) => serve::run(args, &cli.global),
         Command::Account(cmd) => account::run(cmd, &cli.global),
+        Command::Region(cmd) => region::run(cmd, &cli.global),
     };
     match result {
         Ok(code) => code,

@@ -78,6 +78,7 @@ pub mod layout;
 pub mod manifest;
 pub mod qcow2;
 pub mod records;
+pub mod region;
 pub mod snapshot;
 pub mod snapshots;
 pub mod source;

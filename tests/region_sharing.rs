@@ -1,0 +1,179 @@
+//! Issue 11, tests 2 and 4: launch permissions through a region (owner, shared-with,
+//! stranger), and hosts racing each other: concurrent pushes sharing chunks, concurrent
+//! permission changes on one image (conditional writes: nothing is lost).
+
+mod api_common;
+mod common;
+mod instance_common;
+mod region_common;
+mod store_common;
+
+use region_common::{text, Host, Moto, REGION};
+use store_common::{make_disk, root_snapshot, volume_hash, CHUNK, FRIEND, OWNER, STRANGER};
+
+fn image(host: &Host, name: &str, data: &[(u64, u64)]) -> String {
+    let disk = host.env.path(&format!("{name}.img"));
+    make_disk(&disk, 8 * CHUNK, data);
+    host.env.create(Some(OWNER), name, &disk, &[])
+}
+
+fn ids(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["ImageId"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn three_accounts_see_what_ec2_would_show_them() {
+    let moto = Moto::start();
+    let a = Host::new(&moto);
+    let b = Host::new(&moto);
+    let ami = image(&a, "web", &[(0, 1), (2, 2)]);
+    // Only the owner may push.
+    let err = a.fails(Some(FRIEND), &["image", "push", &ami, "--region", REGION]);
+    assert!(err.contains("not found") || err.contains("owner"), "{err}");
+    a.ok(Some(OWNER), &["image", "push", &ami, "--region", REGION]);
+
+    let ls = |acct| ids(&b.json(Some(acct), &["image", "ls", "--region", REGION]));
+    assert_eq!(ls(OWNER), vec![ami.clone()]);
+    assert!(ls(FRIEND).is_empty());
+    assert!(ls(STRANGER).is_empty());
+
+    // The owner shares with FRIEND from host B (the region's manifest changes).
+    b.ok(
+        Some(OWNER),
+        &["image", "share", &ami, FRIEND, "--region", REGION],
+    );
+    assert_eq!(ls(FRIEND), vec![ami.clone()]);
+    assert!(ls(STRANGER).is_empty());
+    let err = b.fails(Some(STRANGER), &["image", "show", &ami, "--region", REGION]);
+    assert!(err.contains("not found"), "{err}");
+    let err = b.fails(Some(STRANGER), &["image", "pull", &ami, "--region", REGION]);
+    assert!(err.contains("not found"), "{err}");
+    // Only the owner changes permissions.
+    let err = b.fails(
+        Some(FRIEND),
+        &["image", "share", &ami, STRANGER, "--region", REGION],
+    );
+    assert!(err.contains("owner") || err.contains("may not"), "{err}");
+    // The friend pulls it.
+    b.ok(Some(FRIEND), &["image", "pull", &ami, "--region", REGION]);
+    let snap = root_snapshot(&b.env, Some(FRIEND), &ami);
+    assert_eq!(
+        volume_hash(&b.env, Some(FRIEND), &snap),
+        volume_hash(&a.env, Some(OWNER), &snap)
+    );
+    // Filters work on the region too.
+    let f = ids(&b.json(
+        Some(FRIEND),
+        &["image", "ls", "--region", REGION, "--filter", "name=we*"],
+    ));
+    assert_eq!(f, vec![ami.clone()]);
+    let f = ids(&b.json(
+        Some(FRIEND),
+        &["image", "ls", "--region", REGION, "--filter", "name=x*"],
+    ));
+    assert!(f.is_empty());
+
+    // Public: the stranger sees it; unshare takes it back.
+    a.ok(
+        Some(OWNER),
+        &["image", "share", &ami, "--public", "--region", REGION],
+    );
+    assert_eq!(ls(STRANGER), vec![ami.clone()]);
+    a.ok(
+        Some(OWNER),
+        &[
+            "image", "unshare", &ami, "--public", FRIEND, "--region", REGION,
+        ],
+    );
+    assert!(ls(STRANGER).is_empty());
+    assert!(ls(FRIEND).is_empty());
+    // The local stores were not touched by region permission changes.
+    let local = a.json(Some(OWNER), &["image", "show", &ami]);
+    assert_eq!(local["Public"], false);
+    assert_eq!(local["LaunchPermissions"], serde_json::json!([]));
+}
+
+#[test]
+fn concurrent_pushes_of_images_sharing_chunks_both_complete() {
+    let moto = Moto::start();
+    let a = Host::new(&moto);
+    let c = Host::new(&moto);
+    // Same data on two hosts (same chunks), different images.
+    let shared: Vec<(u64, u64)> = (0..8).map(|i| (i, 7 + i)).collect();
+    let ami_a = image(&a, "from-a", &shared);
+    let ami_c = image(&c, "from-c", &shared);
+    // Two hosts push at once: each checks and uploads the same 8 chunks.
+    let spawn = |h: &Host, ami: &str| {
+        h.cmd(Some(OWNER), &["image", "push", ami, "--region", REGION])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (h1, h2) = (spawn(&a, &ami_a), spawn(&c, &ami_c));
+    let (o1, o2) = (
+        h1.wait_with_output().unwrap(),
+        h2.wait_with_output().unwrap(),
+    );
+    assert!(o1.status.success(), "{}", text(&o1));
+    assert!(o2.status.success(), "{}", text(&o2));
+    let keys = moto.keys();
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("chunks/")).count(),
+        8,
+        "{keys:?}"
+    );
+    let b = Host::new(&moto);
+    for ami in [&ami_a, &ami_c] {
+        b.ok(Some(OWNER), &["image", "pull", ami, "--region", REGION]);
+    }
+    b.ok(None, &["store", "verify"]);
+    let sa = root_snapshot(&a.env, Some(OWNER), &ami_a);
+    assert_eq!(
+        volume_hash(&b.env, Some(OWNER), &sa),
+        volume_hash(&a.env, Some(OWNER), &sa)
+    );
+}
+
+#[test]
+fn concurrent_permission_changes_are_all_kept() {
+    let moto = Moto::start();
+    let a = Host::new(&moto);
+    let b = Host::new(&moto);
+    let ami = image(&a, "web", &[(0, 1)]);
+    a.ok(Some(OWNER), &["image", "push", &ami, "--region", REGION]);
+    // Two hosts share with different accounts at the same moment, several times over.
+    let accounts: Vec<String> = (0..6).map(|i| format!("4444444444{i:02}")).collect();
+    for pair in accounts.chunks(2) {
+        let spawn = |h: &Host, acct: &str| {
+            h.cmd(
+                Some(OWNER),
+                &["image", "share", &ami, acct, "--region", REGION],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        };
+        let (h1, h2) = (spawn(&a, &pair[0]), spawn(&b, &pair[1]));
+        let (o1, o2) = (
+            h1.wait_with_output().unwrap(),
+            h2.wait_with_output().unwrap(),
+        );
+        // Share is a merge: a lost race is retried, so both succeed.
+        assert!(o1.status.success(), "{}", text(&o1));
+        assert!(o2.status.success(), "{}", text(&o2));
+    }
+    let shown = b.json(Some(OWNER), &["image", "show", &ami, "--region", REGION]);
+    let perms: Vec<String> = shown["LaunchPermissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(perms, accounts, "no change was lost: {shown}");
+}
