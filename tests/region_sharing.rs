@@ -177,3 +177,57 @@ fn concurrent_permission_changes_are_all_kept() {
         .collect();
     assert_eq!(perms, accounts, "no change was lost: {shown}");
 }
+
+#[test]
+fn a_write_over_a_manifest_changed_since_it_was_read_is_a_conflict() {
+    use amivm::store::backend::{Collection, DocOp};
+    use amivm::store::{AccountId, ImageId, Store, StoreError};
+    let moto = Moto::start();
+    let a = Host::new(&moto);
+    let ami = image(&a, "web", &[(0, 1)]);
+    a.ok(Some(OWNER), &["image", "push", &ami, "--region", REGION]);
+    for (k, v) in region_common::AWS_ENV {
+        // std serialises environment access; every test of this binary sets the same values.
+        std::env::set_var(k, v);
+    }
+    let local = Store::open(&a.env.store).unwrap();
+    let (h1, h2) = (
+        local.open_region(REGION).unwrap(),
+        local.open_region(REGION).unwrap(),
+    );
+    let id = ImageId::parse(&ami).unwrap();
+    let owner = AccountId::parse(OWNER).unwrap();
+    // Both "hosts" read the manifest; the first changes it.
+    let mut stale = h2.store.image(&id).unwrap();
+    h1.store
+        .share_image(&owner, &id, &[AccountId::parse(FRIEND).unwrap()], false)
+        .unwrap();
+    // The second writes what it read, changed: refused, and the first change is kept.
+    stale.description = "two".into();
+    let put = DocOp::Put {
+        collection: Collection::Images,
+        id: ami.clone(),
+        bytes: serde_json::to_vec(&stale).unwrap(),
+    };
+    match h2.store.backend().commit_docs(vec![put.clone()]) {
+        Err(StoreError::Conflict(why)) => assert!(why.contains("changed"), "{why}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let now = h1.store.image(&id).unwrap();
+    assert_eq!(now.launch_permissions.len(), 1);
+    // A client that never read it may not create it over the existing one either.
+    let h3 = local.open_region(REGION).unwrap();
+    assert!(matches!(
+        h3.store.backend().commit_docs(vec![put]),
+        Err(StoreError::Conflict(_))
+    ));
+    // After reading the current version, the change goes through.
+    h2.store
+        .modify_image(&owner, &id, Some("two"), &Default::default(), &[])
+        .unwrap();
+    let now = h1.store.image(&id).unwrap();
+    assert_eq!(
+        (now.description.as_str(), now.launch_permissions.len()),
+        ("two", 1)
+    );
+}
