@@ -102,6 +102,10 @@ pub struct RunArgs {
     /// Run in the background (console to the instance's log) and print the instance id.
     #[arg(long, short = 'd')]
     pub detach: bool,
+    /// Boot an image of this region without downloading it: chunks are fetched (and kept
+    /// locally) when the guest first reads them. Foreground runs only.
+    #[arg(long, value_name = "R", conflicts_with = "detach")]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Args)]

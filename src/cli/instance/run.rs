@@ -8,9 +8,11 @@ use crate::instance::detach::{self, DetachOptions, Started, DETACH_WAIT};
 use crate::instance::launch::{self, BootOptions, LaunchRequest};
 use crate::instance::lock::RunLock;
 use crate::instance::{lifecycle, record, types, Instance};
+use crate::store::region::lazy::LazyRegion;
 use crate::store::Store;
 use anyhow::Context;
 use regex::Regex;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn parse_expect(e: Option<&str>) -> anyhow::Result<Option<Regex>> {
@@ -30,6 +32,20 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         files::check_if_exists(log, "serial log", files::REGULAR)?;
     }
     let (store, caller) = open(g)?;
+    let lazy = match args.region.as_deref() {
+        Some(r) => {
+            let region = store.open_region(r)?;
+            Some(Arc::new(LazyRegion::new(
+                store.layout(),
+                region.s3.clone(),
+            )?))
+        }
+        None => None,
+    };
+    let store = match &lazy {
+        Some(l) => Store::with_backend(store.dir(), l.clone())?,
+        None => store,
+    };
     let req = LaunchRequest {
         image: args.ami.clone(),
         instance_type: itype.clone(),
@@ -60,7 +76,15 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         inst.image.image_id,
         inst.image.name
     );
-    foreground(&store, &inst, lock, timeout, expect, true)
+    let code = foreground(&store, &inst, lock, timeout, expect, true);
+    if let Some(l) = lazy {
+        eprintln!(
+            "amivm: fetched {} chunks from region {}",
+            l.fetched(),
+            args.region.as_deref().unwrap_or_default()
+        );
+    }
+    code
 }
 
 /// Run the instance here with the console on stdout.

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod copy;
 pub mod credentials;
+pub mod lazy;
 pub mod s3;
 pub mod transfer;
 

@@ -155,6 +155,11 @@ impl S3Dir {
         self.rt.block_on(fut)
     }
 
+    /// The runtime, for work that must not run on the calling thread (see [`super::lazy`]).
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
     /// A handle for concurrent transfers (see [`super::transfer`]).
     pub fn client(&self) -> Arc<AmazonS3> {
         self.s3.clone()
