@@ -231,3 +231,135 @@ fn a_write_over_a_manifest_changed_since_it_was_read_is_a_conflict() {
         ("two", 1)
     );
 }
+
+#[test]
+fn product_codes_survive_copies_and_only_their_owner_publishes() {
+    let moto = Moto::start();
+    let a = Host::new(&moto);
+    let disk = a.env.path("paid.img");
+    make_disk(&disk, 2 * CHUNK, &[(0, 3)]);
+    let paid = a
+        .env
+        .create(Some(OWNER), "paid", &disk, &["--product-code", "abc123def"]);
+    let free = image(&a, "free", &[(0, 4)]);
+    let bad = a.env.run(
+        Some(OWNER),
+        &[
+            "image",
+            "create",
+            "--name",
+            "x1x",
+            "--kernel",
+            a.env.kernel().to_str().unwrap(),
+            "--root",
+            disk.to_str().unwrap(),
+            "--product-code",
+            "no-dashes",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(125));
+    for ami in [&paid, &free] {
+        a.ok(Some(OWNER), &["image", "push", ami, "--region", REGION]);
+    }
+    let shown = a.json(Some(OWNER), &["image", "show", &paid, "--region", REGION]);
+    assert_eq!(
+        shown["ProductCodes"][0]["ProductCodeId"], "abc123def",
+        "{shown}"
+    );
+    assert_eq!(shown["ProductCodes"][0]["ProductCodeType"], "marketplace");
+    // The filter, locally and in the region.
+    for extra in [&[][..], &["--region", REGION][..]] {
+        let mut args = vec!["image", "ls", "--product-code", "abc123def"];
+        args.extend_from_slice(extra);
+        assert_eq!(ids(&a.json(Some(OWNER), &args)), vec![paid.clone()]);
+    }
+    // A customer it is shared with copies it (in the region, and into their store): the copies
+    // keep the code, and the customer cannot make them public.
+    a.ok(
+        Some(OWNER),
+        &["image", "share", &paid, FRIEND, "--region", REGION],
+    );
+    let b = Host::new(&moto);
+    let in_region = b
+        .ok(
+            Some(FRIEND),
+            &[
+                "image",
+                "copy",
+                &paid,
+                "--source-region",
+                REGION,
+                "--region",
+                REGION,
+                "--name",
+                "mine",
+            ],
+        )
+        .trim()
+        .to_string();
+    let local = b
+        .ok(
+            Some(FRIEND),
+            &[
+                "image",
+                "copy",
+                &paid,
+                "--source-region",
+                REGION,
+                "--name",
+                "mine-local",
+            ],
+        )
+        .trim()
+        .to_string();
+    let c = b.json(
+        Some(FRIEND),
+        &["image", "show", &in_region, "--region", REGION],
+    );
+    assert_eq!(c["ProductCodes"], shown["ProductCodes"], "{c}");
+    assert_eq!(c["OwnerId"], FRIEND);
+    let c = b.json(Some(FRIEND), &["image", "show", &local]);
+    assert_eq!(c["ProductCodes"], shown["ProductCodes"], "{c}");
+    for (ami, region) in [(&in_region, Some(REGION)), (&local, None)] {
+        let mut args = vec!["image", "share", ami.as_str(), "--public"];
+        if let Some(r) = region {
+            args.extend_from_slice(&["--region", r]);
+        }
+        let err = b.fails(Some(FRIEND), &args);
+        assert!(err.contains("product code abc123def"), "{err}");
+    }
+    // The seller may publish it; images without codes are unaffected.
+    a.ok(
+        Some(OWNER),
+        &["image", "share", &paid, "--public", "--region", REGION],
+    );
+    a.ok(
+        Some(OWNER),
+        &["image", "share", &free, "--public", "--region", REGION],
+    );
+    let f2 = b.ok(
+        Some(FRIEND),
+        &[
+            "image",
+            "copy",
+            &free,
+            "--source-region",
+            REGION,
+            "--name",
+            "free-copy",
+        ],
+    );
+    b.ok(Some(FRIEND), &["image", "share", f2.trim(), "--public"]);
+    let v = ids(&b.json(
+        Some(STRANGER),
+        &[
+            "image",
+            "ls",
+            "--region",
+            REGION,
+            "--product-code",
+            "abc123def",
+        ],
+    ));
+    assert_eq!(v, vec![paid.clone()], "public now, to everyone");
+}

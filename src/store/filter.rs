@@ -23,6 +23,7 @@ pub const FILTER_NAMES: &[&str] = &[
     "description",
     "tag:KEY",
     "tag-key",
+    "product-code",
 ];
 
 /// `--owner`: whose images to list.
@@ -101,6 +102,7 @@ impl ImageFilter {
                 "architecture" => any(image.architecture.as_str()),
                 "description" => any(&image.description),
                 "tag-key" => image.tags.keys().any(|k| any(k)),
+                "product-code" => image.product_codes.iter().any(|c| any(&c.product_code_id)),
                 other => match other.strip_prefix("tag:") {
                     Some(key) => image.tags.get(key).is_some_and(|v| any(v)),
                     None => false,

@@ -76,6 +76,7 @@ pub mod ids;
 pub mod images;
 pub mod layout;
 pub mod manifest;
+pub mod product_codes;
 pub mod qcow2;
 pub mod records;
 pub mod region;

@@ -163,6 +163,10 @@ pub struct CreateArgs {
     /// Default: acpi with --disk (a distribution's kernel), else cmdline.
     #[arg(long, value_enum)]
     device_discovery: Option<DeviceDiscovery>,
+    /// A Marketplace product code to attach (repeatable): copies keep it, and only you may
+    /// make an image carrying it public.
+    #[arg(long = "product-code", value_name = "CODE")]
+    product_codes: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -177,6 +181,9 @@ pub struct LsArgs {
     /// List a region's images instead of the local store's.
     #[arg(long, value_name = "R")]
     region: Option<String>,
+    /// Only images carrying this product code (the filter product-code=CODE).
+    #[arg(long, value_name = "CODE")]
+    product_code: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -272,7 +279,10 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
         }
         ImageCmd::Ls(a) => {
             let owner = OwnerFilter::parse(&a.owner)?;
-            let filter = ImageFilter::parse(&a.filters)?;
+            let mut filter = ImageFilter::parse(&a.filters)?;
+            if let Some(code) = a.product_code {
+                filter.add("product-code", vec![code])?;
+            }
             let (store, _) = region::target(&store, a.region.as_deref())?;
             let images = store.list_images(&caller, &owner, &filter)?;
             if json {
@@ -440,6 +450,7 @@ fn create(
             volumes,
             tags,
             device_discovery: discovery(DeviceDiscovery::Acpi),
+            product_codes: a.product_codes,
         };
         return Ok(store.create_image_from_disk(&req, &Bar::stderr())?);
     }
@@ -465,6 +476,7 @@ fn create(
         volumes,
         tags,
         device_discovery: discovery(DeviceDiscovery::Cmdline),
+        product_codes: a.product_codes,
     };
     // The rules `amivm boot` applies: an image that could never boot is refused here.
     let cmdline = req.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
