@@ -60,6 +60,7 @@ fn setup() -> (Env, Store, AccountId, amivm::store::Image, Vec<u8>) {
         volumes: vec![],
         tags: BTreeMap::new(),
         device_discovery: Default::default(),
+        product_codes: Vec::new(),
     };
     let image = store.create_image(&req, &NoProgress).unwrap();
     let bytes = std::fs::read(&disk).unwrap();

@@ -11,6 +11,7 @@ mod instance;
 mod key_pair;
 mod jail;
 mod output;
+mod region;
 mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -102,6 +103,9 @@ pub enum Command {
     /// SSH key pairs (EC2 key pairs) for `run --key-name`.
     #[command(subcommand)]
     KeyPair(key_pair::KeyPairCmd),
+    /// Regions: S3 buckets that hold images (`image push/pull --region`).
+    #[command(subcommand)]
+    Region(region::RegionCmd),
 }
 
 /// Parse the command line, run it, and return the process exit code.
@@ -130,6 +134,7 @@ pub fn main() -> i32 {
         Command::Serve(args) => serve::run(args, &cli.global),
         Command::Account(cmd) => account::run(cmd, &cli.global),
         Command::KeyPair(cmd) => key_pair::run(cmd, &cli.global),
+        Command::Region(cmd) => region::run(cmd, &cli.global),
     };
     match result {
         Ok(code) => code,

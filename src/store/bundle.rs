@@ -418,7 +418,7 @@ impl Store {
     }
 
     /// Refuse an import that would clash with what the store holds.
-    fn check_import(&self, image: &Image, snaps: &[Snapshot]) -> Result<()> {
+    pub(crate) fn check_import(&self, image: &Image, snaps: &[Snapshot]) -> Result<()> {
         if self.image(&image.image_id).is_ok() {
             return Err(StoreError::Conflict(format!(
                 "image {} is already in this store",

@@ -52,6 +52,8 @@ pub struct DiskImageRequest {
     pub tags: BTreeMap<String, String>,
     /// How the kernel finds the devices (a distribution disk: ACPI).
     pub device_discovery: super::manifest::DeviceDiscovery,
+    /// Marketplace product codes the owner attaches.
+    pub product_codes: Vec<String>,
 }
 
 impl DiskImageRequest {
@@ -64,6 +66,7 @@ impl DiskImageRequest {
             root_size: self.disk_size,
             volumes: &self.volumes,
             device_discovery: self.device_discovery,
+            product_codes: &self.product_codes,
         }
     }
 }

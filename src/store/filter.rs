@@ -23,6 +23,7 @@ pub const FILTER_NAMES: &[&str] = &[
     "description",
     "tag:KEY",
     "tag-key",
+    "product-code",
 ];
 
 /// `--owner`: whose images to list.
@@ -62,6 +63,7 @@ enum Field {
     Architecture,
     Description,
     TagKey,
+    ProductCode,
     /// `tag:KEY`: the value of tag `KEY`.
     Tag(String),
 }
@@ -77,6 +79,7 @@ impl Field {
             "architecture" => Field::Architecture,
             "description" => Field::Description,
             "tag-key" => Field::TagKey,
+            "product-code" => Field::ProductCode,
             other => match other.strip_prefix("tag:") {
                 Some(key) if !key.is_empty() => Field::Tag(key.to_string()),
                 _ => return None,
@@ -131,6 +134,7 @@ impl ImageFilter {
                 Field::Architecture => any(image.architecture.as_str()),
                 Field::Description => any(&image.description),
                 Field::TagKey => image.tags.keys().any(|k| any(k)),
+                Field::ProductCode => image.product_codes.iter().any(|c| any(&c.product_code_id)),
                 Field::Tag(key) => image.tags.get(key).is_some_and(|v| any(v)),
             }
         })

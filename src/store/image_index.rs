@@ -166,6 +166,7 @@ mod tests {
             os_name: None,
             os_version: None,
             device_discovery: Default::default(),
+            product_codes: Vec::new(),
         }
     }
 

@@ -45,6 +45,8 @@ pub struct CreateImageRequest {
     pub tags: BTreeMap<String, String>,
     /// How the kernel finds its devices (recorded in the manifest).
     pub device_discovery: manifest::DeviceDiscovery,
+    /// Marketplace product codes the owner attaches ([`super::product_codes`]).
+    pub product_codes: Vec<String>,
 }
 
 /// What `deregister_image` did with the image's snapshots.
@@ -167,6 +169,7 @@ impl Store {
     pub(super) fn check_new_image(&self, req: &NewImage<'_>) -> Result<SourceKind> {
         manifest::validate_name(req.name)?;
         manifest::validate_tags(req.tags)?;
+        super::product_codes::new_codes(req.owner, req.product_codes)?;
         if let Some(size) = req.root_size.filter(|s| *s > MAX_VOLUME_BYTES) {
             return Err(StoreError::Invalid(format!(
                 "root size {size} bytes is more than the largest volume, {MAX_VOLUME_SIZE_GIB} GiB"
@@ -410,6 +413,9 @@ impl Store {
                 }
             }
             img.launch_permissions.sort();
+            if public {
+                super::product_codes::check_make_public(caller, img)?;
+            }
             img.public |= public;
             Ok(())
         })
@@ -525,6 +531,7 @@ pub(super) struct NewImage<'a> {
     pub root_size: Option<u64>,
     pub volumes: &'a [VolumeSpec],
     pub device_discovery: manifest::DeviceDiscovery,
+    pub product_codes: &'a [String],
 }
 
 impl CreateImageRequest {
@@ -537,6 +544,7 @@ impl CreateImageRequest {
             root_size: self.root_size,
             volumes: &self.volumes,
             device_discovery: self.device_discovery,
+            product_codes: &self.product_codes,
         }
     }
 }
@@ -581,6 +589,9 @@ pub(super) fn new_image(
         os_name: os.name,
         os_version: os.version,
         device_discovery: req.device_discovery,
+        // Checked by check_new_image before anything was staged.
+        product_codes: super::product_codes::new_codes(req.owner, req.product_codes)
+            .unwrap_or_default(),
     }
 }
 

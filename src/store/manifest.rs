@@ -192,6 +192,9 @@ pub struct Image {
     /// How the kernel finds its devices.
     #[serde(default)]
     pub device_discovery: DeviceDiscovery,
+    /// Marketplace product codes ([`super::product_codes`]); absent from most manifests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub product_codes: Vec<super::product_codes::ProductCode>,
 }
 
 impl Image {
@@ -219,6 +222,7 @@ impl Image {
     /// Check everything that the types alone do not.
     pub fn validate(&self) -> Result<()> {
         let bad = |why: String| StoreError::corrupt(format!("image {}", self.image_id), why);
+        super::product_codes::validate(&self.product_codes).map_err(bad)?;
         if self.manifest_version != MANIFEST_VERSION {
             return Err(bad(format!(
                 "manifest version {} (this amivm reads version {MANIFEST_VERSION})",

@@ -5,19 +5,21 @@
 //! store library and prints a text table or, with `--output json`, JSON. Errors go up to
 //! `cli::main`, which prints them on one line and exits with 125.
 
-mod progress;
+pub(super) mod progress;
 mod render;
 mod verify;
 
 pub use verify::{run_store, StoreCmd};
 
 use super::output::{open_store as open, open_store_read_only, print_json};
+use super::region;
 use super::{GlobalOpts, OutputFormat};
 use crate::store::images::DeregisterReport;
 use crate::store::manifest::DeviceDiscovery as ImageDiscovery;
 use crate::store::manifest::{
     parse_tag, DEFAULT_CMDLINE, GIB, MAX_VOLUME_BYTES, MAX_VOLUME_SIZE_GIB,
 };
+use crate::store::region::LOCAL_REGION;
 use crate::store::{
     AccountId, CreateImageRequest, DiskImageRequest, ImageFilter, ImageId, OwnerFilter, VolumeSpec,
 };
@@ -40,8 +42,12 @@ pub enum ImageCmd {
     Show {
         /// Image id or unique name.
         ami: String,
+        /// The region's image instead of the local store's.
+        #[arg(long, value_name = "R")]
+        region: Option<String>,
     },
-    /// Copy an image: a new image sharing all its data (nothing is copied).
+    /// Copy an image: a new image sharing all its data (nothing is copied within a store;
+    /// between regions, what the target lacks is transferred).
     Copy {
         ami: String,
         /// Name of the new image.
@@ -50,6 +56,26 @@ pub enum ImageCmd {
         /// Description of the new image (default: the source's).
         #[arg(long)]
         description: Option<String>,
+        /// Where the source image is (default: local).
+        #[arg(long, value_name = "R1")]
+        source_region: Option<String>,
+        /// Where the copy goes (default: local).
+        #[arg(long, value_name = "R2")]
+        region: Option<String>,
+    },
+    /// Upload an image you own to a region: only the chunks and blobs it lacks, then the
+    /// manifests (the image appears there only when complete).
+    Push {
+        ami: String,
+        #[arg(long, value_name = "R")]
+        region: String,
+    },
+    /// Download an image from a region into the local store (every hash is checked; all or
+    /// nothing).
+    Pull {
+        ami: String,
+        #[arg(long, value_name = "R")]
+        region: String,
     },
     /// Give accounts launch permission, or make the image public.
     Share(ShareArgs),
@@ -137,6 +163,10 @@ pub struct CreateArgs {
     /// Default: acpi with --disk (a distribution's kernel), else cmdline.
     #[arg(long, value_enum)]
     device_discovery: Option<DeviceDiscovery>,
+    /// A Marketplace product code to attach (repeatable): copies keep it, and only you may
+    /// make an image carrying it public.
+    #[arg(long = "product-code", value_name = "CODE")]
+    product_codes: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +178,12 @@ pub struct LsArgs {
     /// architecture, description, tag:KEY, tag-key; values may use * and ?.
     #[arg(long = "filter", value_name = "NAME=VALUE")]
     filters: Vec<String>,
+    /// List a region's images instead of the local store's.
+    #[arg(long, value_name = "R")]
+    region: Option<String>,
+    /// Only images carrying this product code (the filter product-code=CODE).
+    #[arg(long, value_name = "CODE")]
+    product_code: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +195,9 @@ pub struct ShareArgs {
     /// Everyone (share) / no longer everyone (unshare).
     #[arg(long)]
     public: bool,
+    /// Change the region's image instead of the local store's.
+    #[arg(long, value_name = "R")]
+    region: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,7 +279,11 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
         }
         ImageCmd::Ls(a) => {
             let owner = OwnerFilter::parse(&a.owner)?;
-            let filter = ImageFilter::parse(&a.filters)?;
+            let mut filter = ImageFilter::parse(&a.filters)?;
+            if let Some(code) = a.product_code {
+                filter.add("product-code", vec![code])?;
+            }
+            let (store, _) = region::target(&store, a.region.as_deref())?;
             let images = store.list_images(&caller, &owner, &filter)?;
             if json {
                 print_json(&images)?;
@@ -248,7 +291,8 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
                 print!("{}", render::image_table(&images, &caller));
             }
         }
-        ImageCmd::Show { ami } => {
+        ImageCmd::Show { ami, region } => {
+            let (store, _) = region::target(&store, region.as_deref())?;
             let img = store.resolve_image(&caller, &ami)?;
             if json {
                 print_json(&img)?;
@@ -266,9 +310,34 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
             ami,
             name,
             description,
+            source_region,
+            region,
         } => {
-            let src = store.resolve_image(&caller, &ami)?;
-            let img = store.copy_image(&caller, &src, &name, description.as_deref())?;
+            let (src_store, src_region) = region::target(&store, source_region.as_deref())?;
+            let (dst_store, dst_region) = region::target(&store, region.as_deref())?;
+            let src = src_store.resolve_image(&caller, &ami)?;
+            let img = if source_region.as_deref().unwrap_or(LOCAL_REGION)
+                == region.as_deref().unwrap_or(LOCAL_REGION)
+            {
+                src_store.copy_image(&caller, &src, &name, description.as_deref())?
+            } else {
+                use crate::store::region::copy::{copy_between, End};
+                copy_between(
+                    End {
+                        store: &src_store,
+                        region: src_region.as_ref(),
+                    },
+                    End {
+                        store: &dst_store,
+                        region: dst_region.as_ref(),
+                    },
+                    &caller,
+                    &src,
+                    &name,
+                    description.as_deref(),
+                    &Bar::stderr(),
+                )?
+            };
             if json {
                 print_json(&json!({ "ImageId": img.image_id, "SourceImageId": src.image_id }))?;
             } else {
@@ -279,15 +348,23 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
             bail!("give account ids or --public")
         }
         ImageCmd::Share(a) => {
-            let id = store.resolve_image(&caller, &a.ami)?.image_id;
-            let img = store.share_image(&caller, &id, &parse_accounts(&a.accounts)?, a.public)?;
+            let accounts = parse_accounts(&a.accounts)?;
+            let img = region::merge(&store, a.region.as_deref(), |s| {
+                let id = s.resolve_image(&caller, &a.ami)?.image_id;
+                s.share_image(&caller, &id, &accounts, a.public)
+            })?;
             print_permissions(&img, json)?;
         }
         ImageCmd::Unshare(a) => {
-            let id = store.resolve_image(&caller, &a.ami)?.image_id;
-            let img = store.unshare_image(&caller, &id, &parse_accounts(&a.accounts)?, a.public)?;
+            let accounts = parse_accounts(&a.accounts)?;
+            let img = region::merge(&store, a.region.as_deref(), |s| {
+                let id = s.resolve_image(&caller, &a.ami)?.image_id;
+                s.unshare_image(&caller, &id, &accounts, a.public)
+            })?;
             print_permissions(&img, json)?;
         }
+        ImageCmd::Push { ami, region } => region::push(&store, &caller, &ami, &region, json)?,
+        ImageCmd::Pull { ami, region } => region::pull(&store, &caller, &ami, &region, json)?,
         ImageCmd::Modify {
             ami,
             description,
@@ -373,6 +450,7 @@ fn create(
             volumes,
             tags,
             device_discovery: discovery(DeviceDiscovery::Acpi),
+            product_codes: a.product_codes,
         };
         return Ok(store.create_image_from_disk(&req, &Bar::stderr())?);
     }
@@ -398,6 +476,7 @@ fn create(
         volumes,
         tags,
         device_discovery: discovery(DeviceDiscovery::Cmdline),
+        product_codes: a.product_codes,
     };
     // The rules `amivm boot` applies: an image that could never boot is refused here.
     let cmdline = req.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);

@@ -114,6 +114,10 @@ pub struct RunArgs {
     pub key_name: Option<String>,
     #[command(flatten)]
     pub jail: crate::cli::jail::JailArgs,
+    /// Boot an image of this region without downloading it: chunks are fetched (and kept
+    /// locally) when the guest first reads them. Foreground runs only.
+    #[arg(long, value_name = "R", conflicts_with = "detach")]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -9,10 +9,12 @@ use crate::instance::detach::{self, DetachOptions, Started, DETACH_WAIT};
 use crate::instance::launch::{self, BootOptions, LaunchRequest};
 use crate::instance::lock::RunLock;
 use crate::instance::{lifecycle, metadata, record, types, Instance};
+use crate::store::region::lazy::LazyRegion;
 use crate::store::Store;
 use crate::vmm::jail::JailConfig;
 use anyhow::Context;
 use regex::Regex;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn parse_expect(e: Option<&str>) -> anyhow::Result<Option<Regex>> {
@@ -44,6 +46,20 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         .transpose()?
         .unwrap_or_default();
     let (store, caller) = open(g)?;
+    let lazy = match args.region.as_deref() {
+        Some(r) => {
+            let region = store.open_region(r)?;
+            Some(Arc::new(LazyRegion::new(
+                store.layout(),
+                region.s3.clone(),
+            )?))
+        }
+        None => None,
+    };
+    let store = match &lazy {
+        Some(l) => Store::with_backend(store.dir(), l.clone())?,
+        None => store,
+    };
     let req = LaunchRequest {
         image: args.ami.clone(),
         instance_type: itype.clone(),
@@ -71,7 +87,15 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         inst.image.name
     );
     let jail = args.jail.config(Vec::new());
-    foreground(&store, &inst, lock, timeout, expect, true, jail)
+    let code = foreground(&store, &inst, lock, timeout, expect, true, jail);
+    if let Some(l) = lazy {
+        eprintln!(
+            "amivm: fetched {} chunks from region {}",
+            l.fetched(),
+            args.region.as_deref().unwrap_or_default()
+        );
+    }
+    code
 }
 
 /// Run the instance here with the console on stdout.

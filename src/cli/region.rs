@@ -1,0 +1,183 @@
+//! `amivm region add/ls/rm`, and `image push/pull`: images in S3-compatible object storage.
+
+use super::image::progress::Bar;
+use super::output::{open_store, print_json, print_out, table};
+use super::{GlobalOpts, OutputFormat};
+use crate::store::region::{Region, RegionSpec, LOCAL_REGION};
+use crate::store::Store;
+use clap::Subcommand;
+use serde_json::json;
+
+#[derive(Debug, Subcommand)]
+pub enum RegionCmd {
+    /// Add a region: an S3 bucket (and key prefix) that holds images. Credentials come from
+    /// the environment (AWS_ACCESS_KEY_ID...) or ~/.aws/credentials (AWS_PROFILE).
+    Add {
+        /// Region name (letters, digits, - and _; not "local").
+        name: String,
+        /// Where: s3://BUCKET[/PREFIX].
+        #[arg(value_name = "s3://BUCKET[/PREFIX]")]
+        url: String,
+        /// An S3-compatible server (http://127.0.0.1:9000), instead of Amazon S3.
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
+        /// Path-style requests (ENDPOINT/BUCKET/KEY), as most S3-compatible servers want.
+        #[arg(long)]
+        path_style: bool,
+        /// The AWS region requests are signed for [default: us-east-1].
+        #[arg(long = "region", value_name = "R")]
+        signing_region: Option<String>,
+    },
+    /// List regions.
+    Ls,
+    /// Forget a region (the bucket and what it holds are left alone).
+    Rm { name: String },
+}
+
+pub fn run(cmd: RegionCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
+    let (store, _) = open_store(g)?;
+    let json = g.output == OutputFormat::Json;
+    match cmd {
+        RegionCmd::Add {
+            name,
+            url,
+            endpoint,
+            path_style,
+            signing_region,
+        } => {
+            let spec = RegionSpec::new(
+                &name,
+                &url,
+                endpoint.as_deref(),
+                path_style,
+                signing_region.as_deref(),
+            )?;
+            store.add_region(spec.clone())?;
+            if json {
+                print_json(&spec)?;
+            } else {
+                println!("{name}");
+            }
+        }
+        RegionCmd::Ls => {
+            let regions = store.regions()?;
+            if json {
+                print_json(&regions)?;
+            } else {
+                let mut rows = vec![vec![
+                    LOCAL_REGION.to_string(),
+                    store.dir().display().to_string(),
+                    "-".into(),
+                    "-".into(),
+                ]];
+                rows.extend(regions.iter().map(|r| {
+                    vec![
+                        r.name.clone(),
+                        r.url(),
+                        r.endpoint.clone().unwrap_or_else(|| "-".into()),
+                        if r.path_style { "path" } else { "virtual-host" }.into(),
+                    ]
+                }));
+                print_out(&table(&["NAME", "WHERE", "ENDPOINT", "STYLE"], &rows))?;
+            }
+        }
+        RegionCmd::Rm { name } => {
+            let r = store.remove_region(&name)?;
+            if json {
+                print_json(&json!({ "Name": r.name, "Removed": true }))?;
+            } else {
+                println!("removed {}", r.name);
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The store a command with `--region R` works on: the region's, or the local one for no
+/// region or `local`.
+pub fn target(local: &Store, region: Option<&str>) -> anyhow::Result<(Store, Option<Region>)> {
+    match region {
+        None | Some(LOCAL_REGION) => Ok((local.clone(), None)),
+        Some(name) => {
+            let r = local.open_region(name)?;
+            Ok((r.store.clone(), Some(r)))
+        }
+    }
+}
+
+/// `image push AMI --region R`.
+pub fn push(
+    local: &Store,
+    caller: &crate::store::AccountId,
+    ami: &str,
+    region: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let r = local.open_region(region)?;
+    let img = local.resolve_image(caller, ami)?;
+    let rep = crate::store::region::transfer::push_image(local, &r, caller, &img, &Bar::stderr())?;
+    if json {
+        print_json(&rep)?;
+    } else {
+        println!(
+            "{}: pushed to {}: {} of {} chunks uploaded, {} blobs, {} bytes{}",
+            rep.image_id,
+            rep.region,
+            rep.chunks_uploaded,
+            rep.chunks,
+            rep.blobs_uploaded,
+            rep.bytes_uploaded,
+            if rep.already_there {
+                " (the image was already there)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `image pull AMI --region R`.
+pub fn pull(
+    local: &Store,
+    caller: &crate::store::AccountId,
+    ami: &str,
+    region: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let r = local.open_region(region)?;
+    let rep = crate::store::region::transfer::pull_image(local, &r, caller, ami, &Bar::stderr())?;
+    if json {
+        print_json(&rep)?;
+    } else {
+        println!(
+            "{}: pulled from {}: {} of {} chunks downloaded, {} blobs, {} bytes{}",
+            rep.image_id,
+            rep.region,
+            rep.chunks_fetched,
+            rep.chunks,
+            rep.blobs_fetched,
+            rep.bytes_fetched,
+            if rep.already_there {
+                " (the image was already here)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Run a merging change (share, unshare) on the local store, or on a region's, where a lost
+/// race with another host is retried ([`Region::retry_merge`]).
+pub fn merge<T>(
+    local: &Store,
+    region: Option<&str>,
+    f: impl FnMut(&Store) -> crate::store::Result<T>,
+) -> anyhow::Result<T> {
+    let mut f = f;
+    Ok(match target(local, region)? {
+        (_, Some(r)) => r.retry_merge(f)?,
+        (s, None) => f(&s)?,
+    })
+}

@@ -1,0 +1,311 @@
+//! Helpers shared by the region tests: a real S3-compatible server (`moto_server`, from the
+//! pinned venv of scripts/python-env.sh) on a free loopback port, the AWS CLI as the
+//! third-party view of its bucket, and hosts (store directories) with the region added.
+#![allow(dead_code)]
+
+use crate::api_common::venv;
+use crate::store_common::{Env, FAILED};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The region name the tests give their bucket.
+pub const REGION: &str = "r1";
+/// The bucket.
+pub const BUCKET: &str = "amis";
+/// moto accepts any key pair; these are the test's.
+pub const AWS_ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_DEFAULT_REGION", "us-east-1"),
+];
+
+/// `moto_server` on a free loopback port, with the bucket created.
+pub struct Moto {
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut m = Moto {
+            child: None,
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        m.spawn();
+        let out = m.aws(&["s3", "mb", &format!("s3://{BUCKET}")]);
+        assert!(out.status.success(), "aws s3 mb: {}", text(&out));
+        m
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(venv().join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kill the server (its in-memory bucket is lost).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start a fresh server on the same port with an empty bucket.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        let out = self.aws(&["s3", "mb", &format!("s3://{BUCKET}")]);
+        assert!(out.status.success(), "aws s3 mb: {}", text(&out));
+    }
+
+    /// The AWS CLI against this server.
+    pub fn aws(&self, args: &[&str]) -> Output {
+        Command::new(venv().join("bin/aws"))
+            .envs(AWS_ENV.iter().copied())
+            .arg("--endpoint-url")
+            .arg(&self.url)
+            .args(args)
+            .output()
+            .expect("aws")
+    }
+
+    /// `aws s3 ls --recursive s3://BUCKET/`: the keys.
+    pub fn keys(&self) -> Vec<String> {
+        let out = self.aws(&["s3", "ls", "--recursive", &format!("s3://{BUCKET}/")]);
+        // An empty bucket makes `aws s3 ls` exit 1 with no output.
+        text(&out)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+            .collect()
+    }
+
+    /// An object's bytes, through the AWS CLI.
+    pub fn get(&self, key: &str, dest: &std::path::Path) -> Vec<u8> {
+        let out = self.aws(&[
+            "s3",
+            "cp",
+            &format!("s3://{BUCKET}/{key}"),
+            dest.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "aws s3 cp: {}", text(&out));
+        std::fs::read(dest).unwrap()
+    }
+
+    /// Replace an object's bytes, through the AWS CLI.
+    pub fn put(&self, key: &str, bytes: &[u8], scratch: &std::path::Path) {
+        std::fs::write(scratch, bytes).unwrap();
+        let out = self.aws(&[
+            "s3",
+            "cp",
+            scratch.to_str().unwrap(),
+            &format!("s3://{BUCKET}/{key}"),
+        ]);
+        assert!(out.status.success(), "aws s3 cp: {}", text(&out));
+    }
+
+    pub fn rm(&self, key: &str) {
+        let out = self.aws(&["s3", "rm", &format!("s3://{BUCKET}/{key}")]);
+        assert!(out.status.success(), "aws s3 rm: {}", text(&out));
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A host: a store directory with the region added.
+pub struct Host {
+    pub env: Env,
+}
+
+impl Host {
+    pub fn new(moto: &Moto) -> Host {
+        let h = Host { env: Env::new() };
+        h.ok(
+            None,
+            &[
+                "region",
+                "add",
+                REGION,
+                &format!("s3://{BUCKET}"),
+                "--endpoint",
+                &moto.url,
+                "--path-style",
+            ],
+        );
+        h
+    }
+
+    /// `amivm ARGS` with the test's AWS credentials.
+    pub fn cmd(&self, account: Option<&str>, args: &[&str]) -> Command {
+        let mut c = self.env.cmd(account, args);
+        c.envs(AWS_ENV.iter().copied());
+        c
+    }
+
+    pub fn run(&self, account: Option<&str>, args: &[&str]) -> Output {
+        self.cmd(account, args).output().expect("run amivm")
+    }
+
+    pub fn ok(&self, account: Option<&str>, args: &[&str]) -> String {
+        let out = self.run(account, args);
+        assert!(
+            out.status.success(),
+            "amivm {args:?} failed: {}",
+            text(&out)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, account: Option<&str>, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--output", "json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(account, &all)).expect("JSON output")
+    }
+
+    /// Fails with exit 125 and one line; returns stderr.
+    pub fn fails(&self, account: Option<&str>, args: &[&str]) -> String {
+        let out = self.run(account, args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(FAILED),
+            "amivm {args:?} should fail: {}",
+            text(&out)
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+        assert!(err.starts_with("amivm: error: "), "{err}");
+        err
+    }
+}
+
+/// A TCP proxy in front of the server that can be cut: every connection is closed and new
+/// ones are dropped, as when a server dies mid-transfer (the server itself keeps what it had,
+/// so the test can look at the bucket afterwards).
+pub struct Proxy {
+    pub url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Cut by itself once this many request bytes went through.
+    limit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    pub fn start(to_port: u16) -> Proxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let limit = Arc::new(AtomicU64::new(u64::MAX));
+        let sent = Arc::new(AtomicU64::new(0));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (c2, l2, k2) = (cut.clone(), limit.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if c2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to_port)) else {
+                    continue;
+                };
+                {
+                    let mut k = k2.lock().unwrap();
+                    k.push(client.try_clone().unwrap());
+                    k.push(server.try_clone().unwrap());
+                }
+                let pump = |mut from: TcpStream, mut to: TcpStream, count: bool| {
+                    let (cut, limit, sent, conns) =
+                        (c2.clone(), l2.clone(), sent.clone(), k2.clone());
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if cut.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            if count
+                                && sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64
+                                    > limit.load(Ordering::SeqCst)
+                            {
+                                cut.store(true, Ordering::SeqCst);
+                                for c in conns.lock().unwrap().iter() {
+                                    let _ = c.shutdown(std::net::Shutdown::Both);
+                                }
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                pump(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    true,
+                );
+                pump(server, client, false);
+            }
+        });
+        Proxy {
+            url: format!("http://127.0.0.1:{port}"),
+            cut,
+            limit,
+            conns,
+        }
+    }
+
+    /// Cut once `bytes` request bytes in all went through it.
+    pub fn cut_after(&self, bytes: u64) {
+        self.limit.store(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Serve again.
+    pub fn heal(&self) {
+        use std::sync::atomic::Ordering;
+        self.limit.store(u64::MAX, Ordering::SeqCst);
+        self.conns.lock().unwrap().clear();
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,169 @@
+//! Issue 11, tests 5 and the lazy parts of 2 and 3: `amivm run AMI --region R` boots the test
+//! guest from a region's image without pulling it; only the chunks the guest reads (and a
+//! little read-ahead) are fetched, checked and kept locally; a damaged chunk is an I/O error
+//! for reads of that chunk only; a stranger may not launch a private image.
+
+mod api_common;
+mod common;
+mod instance_common;
+mod region_common;
+mod store_common;
+
+use common::{run_with_deadline, Report};
+use region_common::{Host, Moto, REGION};
+use std::time::Duration;
+use store_common::{make_disk, CHUNK, OWNER, STRANGER};
+
+/// 16 data chunks: an 8 MiB root volume full of noise.
+const CHUNKS: u64 = 16;
+/// Chunk 5 starts at this sector.
+const SECTOR_OF_CHUNK5: u64 = 5 * CHUNK / 512;
+
+fn sum64(bytes: &[u8]) -> u64 {
+    common::report::sum64(bytes)
+}
+
+/// The guest's `blk read` line for `sector`: (status, sum).
+fn read_line(r: &Report, sector: u64) -> (String, Option<u64>) {
+    let rec = r
+        .records("blk")
+        .into_iter()
+        .find(|rec| {
+            rec.words.first().map(String::as_str) == Some("read")
+                && rec.field("sector") == Some(&sector.to_string())
+        })
+        .unwrap_or_else(|| r.fail(&format!("no `blk read sector={sector}` line")));
+    (
+        rec.field("status").unwrap_or("").to_string(),
+        rec.field("sum").and_then(common::report::parse_num),
+    )
+}
+
+/// Host A makes and pushes the guest AMI; returns (host, AMI, the disk's bytes).
+fn pushed(moto: &Moto) -> (Host, String, Vec<u8>) {
+    let a = Host::new(moto);
+    let disk = a.env.path("root.img");
+    let data: Vec<(u64, u64)> = (0..CHUNKS).map(|i| (i, 50 + i)).collect();
+    make_disk(&disk, CHUNKS * CHUNK, &data);
+    let guest = common::build_guest();
+    let out = a.ok(
+        Some(OWNER),
+        &[
+            "image",
+            "create",
+            "--name",
+            "guest",
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--root",
+            disk.to_str().unwrap(),
+        ],
+    );
+    let ami = out.trim().to_string();
+    a.ok(Some(OWNER), &["image", "push", &ami, "--region", REGION]);
+    let bytes = std::fs::read(&disk).unwrap();
+    (a, ami, bytes)
+}
+
+fn lazy_run(h: &Host, account: &str, ami: &str, append: &str) -> common::RunOutput {
+    let cmd = h.cmd(
+        Some(account),
+        &[
+            "run",
+            ami,
+            "--region",
+            REGION,
+            "--rm",
+            "--timeout",
+            "60",
+            "--append",
+            append,
+        ],
+    );
+    run_with_deadline(cmd, Duration::from_secs(180))
+}
+
+fn local_chunks(h: &Host) -> usize {
+    store_common::files_under(&h.env.store.join("chunks")).len()
+}
+
+#[test]
+fn run_from_a_region_fetches_only_what_the_guest_reads() {
+    let moto = Moto::start();
+    let (_a, ami, disk) = pushed(&moto);
+    let b = Host::new(&moto);
+    let out = lazy_run(
+        &b,
+        OWNER,
+        &ami,
+        &format!("blk=read:0:8 blk=read:{SECTOR_OF_CHUNK5}:8"),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let r = Report::from_run(&out);
+    // The guest read the bytes the image holds.
+    assert_eq!(read_line(&r, 0), ("0".into(), Some(sum64(&disk[..4096]))));
+    let at = (5 * CHUNK) as usize;
+    assert_eq!(
+        read_line(&r, SECTOR_OF_CHUNK5),
+        ("0".into(), Some(sum64(&disk[at..at + 4096])))
+    );
+    // Two chunks read, each with at most READ_AHEAD (4) more: far fewer than the 16.
+    let fetched = local_chunks(&b);
+    eprintln!("lazy boot: {fetched} of {CHUNKS} chunks fetched");
+    assert!((2..=10).contains(&fetched), "{fetched} chunks kept locally");
+    assert!(out.stderr.contains("fetched"), "{}", out.describe());
+    // The local store holds no image: nothing was pulled, the chunks are a cache.
+    let ls = b.json(Some(OWNER), &["image", "ls"]);
+    assert_eq!(ls, serde_json::json!([]));
+    // A second boot reads the kept chunks locally.
+    let out = lazy_run(&b, OWNER, &ami, "blk=read:0:8");
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert!(
+        out.stderr.contains("fetched 0 chunks"),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn a_damaged_chunk_is_an_io_error_for_that_chunk_only_and_strangers_may_not_launch() {
+    let moto = Moto::start();
+    let (a, ami, disk) = pushed(&moto);
+    let b = Host::new(&moto);
+    // The stranger cannot see the private image.
+    let out = lazy_run(&b, STRANGER, &ami, "blk=read:0:8");
+    assert_eq!(out.code, Some(125), "{}", out.describe());
+    assert!(out.stderr.contains("not found"), "{}", out.describe());
+
+    // Flip a byte of chunk 5's object in the bucket.
+    use sha2::Digest;
+    let at = (5 * CHUNK) as usize;
+    let h5 = hex::encode(sha2::Sha256::digest(&disk[at..at + CHUNK as usize]));
+    let key = format!("chunks/{h5}");
+    let scratch = a.env.path("obj");
+    let mut bytes = moto.get(&key, &scratch);
+    bytes[7] ^= 1;
+    moto.put(&key, &bytes, &scratch);
+    let out = lazy_run(
+        &b,
+        OWNER,
+        &ami,
+        &format!("blk=read:0:8 blk=read:{SECTOR_OF_CHUNK5}:8"),
+    );
+    assert_eq!(
+        out.code,
+        Some(0),
+        "the VM ran to its end: {}",
+        out.describe()
+    );
+    let r = Report::from_run(&out);
+    assert_eq!(read_line(&r, 0), ("0".into(), Some(sum64(&disk[..4096]))));
+    // VIRTIO_BLK_S_IOERR is 1 (virtio spec 1.2 §5.2.6).
+    assert_eq!(read_line(&r, SECTOR_OF_CHUNK5).0, "1", "{}", out.describe());
+    assert!(
+        !store_common::files_under(&b.env.store.join("chunks"))
+            .iter()
+            .any(|p| p.ends_with(&h5)),
+        "the damaged chunk was not kept"
+    );
+}
