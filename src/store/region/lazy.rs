@@ -167,7 +167,7 @@ impl LazyRegion {
             );
             self.remote.runtime().spawn(async move {
                 let key = remote.object_key(ObjectNs::Chunk, &h);
-                match get_verified(&remote.client(), remote.spec(), key, h).await {
+                match get_verified(&remote.client(), remote.spec(), key, h, ObjectNs::Chunk).await {
                     Ok(bytes) => {
                         fetched.fetch_add(1, Ordering::Relaxed);
                         if let Err(e) = keep(&local, &layout, &h, &bytes) {
@@ -195,7 +195,7 @@ impl LazyRegion {
         );
         self.remote.runtime().spawn(async move {
             let key = remote.object_key(ns, &h);
-            let res = get_verified(&remote.client(), remote.spec(), key, h).await;
+            let res = get_verified(&remote.client(), remote.spec(), key, h, ns).await;
             let res = res.and_then(|bytes| {
                 if ns == ObjectNs::Chunk {
                     keep(&local, &layout, &h, &bytes)?;

@@ -22,6 +22,7 @@ use crate::store::backend::{Collection, DocOp, ObjectNs, ObjectReader, ObjectSto
 use crate::store::error::{Result, StoreError};
 use crate::store::fsio;
 use crate::store::ids::ContentHash;
+use crate::store::snapshot::CHUNK_SIZE;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
@@ -190,7 +191,7 @@ impl S3Dir {
     /// Fetch an object, check its hash, return its bytes.
     pub fn fetch_verified(&self, ns: ObjectNs, hash: &ContentHash) -> Result<Vec<u8>> {
         let key = self.object_key(ns, hash);
-        self.block_on(get_verified(&self.s3, &self.spec, key, *hash))
+        self.block_on(get_verified(&self.s3, &self.spec, key, *hash, ns))
     }
 
     /// Upload `bytes` as a document, create-only (for [`super::transfer`]'s manifests).
@@ -219,12 +220,23 @@ impl S3Dir {
     }
 }
 
-/// GET an object and check that its sha256 is `hash`.
+/// The largest object of a kind a download accepts: a chunk is at most [`CHUNK_SIZE`]; a blob
+/// at most the largest one an export bundle carries ([`crate::store::bundle::MAX_BLOB_BYTES`]).
+/// A bucket holding more under such a key is damaged, and is not read into memory.
+pub fn max_object_bytes(ns: ObjectNs) -> u64 {
+    match ns {
+        ObjectNs::Chunk => CHUNK_SIZE,
+        ObjectNs::Blob => crate::store::bundle::MAX_BLOB_BYTES,
+    }
+}
+
+/// GET an object of kind `ns` and check that its sha256 is `hash`.
 pub async fn get_verified(
     s3: &AmazonS3,
     spec: &RegionSpec,
     key: Key,
     hash: ContentHash,
+    ns: ObjectNs,
 ) -> Result<Vec<u8>> {
     let got = match s3.get(&key).await {
         Ok(g) => g,
@@ -236,6 +248,16 @@ pub async fn get_verified(
         }
         Err(e) => return Err(remote_err(spec, "GET", key.as_ref(), e)),
     };
+    if got.meta.size > max_object_bytes(ns) {
+        return Err(StoreError::corrupt(
+            format!("object {key} in region {}", spec.name),
+            format!(
+                "it is {} bytes, more than a {} may be",
+                got.meta.size,
+                ns.dir()
+            ),
+        ));
+    }
     let bytes = got
         .bytes()
         .await

@@ -95,7 +95,7 @@ pub fn upload_all(
                     UploadSource::File(path) => upload_file(&s3, &item.key, path).await,
                     UploadSource::Region { from, ns, hash } => {
                         let key = from.object_key(*ns, hash);
-                        match get_verified(&from.client(), from.spec(), key, *hash).await {
+                        match get_verified(&from.client(), from.spec(), key, *hash, *ns).await {
                             Ok(bytes) => {
                                 let len = bytes.len() as u64;
                                 s3.put(&item.key, PutPayload::from(bytes))
@@ -388,10 +388,10 @@ pub fn fetch_batch(region: &S3Dir, batch: &[(ObjectNs, ContentHash)]) -> Result<
         for (i, (ns, h)) in batch.iter().enumerate() {
             let (s3, spec, sem) = (s3.clone(), spec.clone(), sem.clone());
             let key = region.object_key(*ns, h);
-            let h = *h;
+            let (h, ns) = (*h, *ns);
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await;
-                get_verified(&s3, &spec, key, h).await.map(|b| (i, b))
+                get_verified(&s3, &spec, key, h, ns).await.map(|b| (i, b))
             });
         }
         let mut out: Vec<Vec<u8>> = vec![Vec::new(); batch.len()];
