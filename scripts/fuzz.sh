@@ -13,7 +13,7 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(blk_request mmio_registers qcow2)
+    targets=(blk_request mmio_registers qcow2 imds_frames imds_http)
 fi
 command -v cargo-fuzz >/dev/null || { echo "fuzz.sh: cargo-fuzz is not installed (cargo install cargo-fuzz)" >&2; exit 2; }
 status=0
