@@ -4,6 +4,8 @@ when a corpus is empty): well-formed requests and a driver's bring-up sequence, 
 fuzzers start from deep inside the device instead of at the first check."""
 import os
 import struct
+import subprocess
+import tempfile
 import zlib
 
 N, W = 1, 2  # VRING_DESC_F_NEXT, VRING_DESC_F_WRITE (virtio 1.2, 2.7.5)
@@ -63,6 +65,50 @@ def main():
     os.makedirs(qcow2, exist_ok=True)
     for version in (2, 3):
         open(os.path.join(qcow2, 'seed-v%d' % version), 'wb').write(small_qcow2(version))
+
+    bundle = os.path.join(here, 'corpus', 'bundle_import')
+    os.makedirs(bundle, exist_ok=True)
+    seed = small_bundle(os.environ.get('AMIVM_BIN', os.path.join(here, '..', 'target', 'release', 'amivm')))
+    if seed:
+        open(os.path.join(bundle, 'seed-bundle'), 'wb').write(seed)
+
+
+def small_kernel():
+    """The smallest ELF vmlinux `image create` accepts (as tests/store_common builds it): the
+    ELF header, one PT_LOAD of the whole 4160-byte file at 1 MiB, then NOPs."""
+    load_at, length = 0x100000, 64 + 4096
+    h = bytearray(64)
+    h[0:4] = b'\x7fELF'
+    h[4], h[5], h[6] = 2, 1, 1
+    h[16:18] = struct.pack('<H', 2)
+    h[18:20] = struct.pack('<H', 62)
+    h[24:32] = struct.pack('<Q', load_at + 120)
+    h[32:40] = struct.pack('<Q', 64)
+    h[52:54] = struct.pack('<H', 64)
+    h[54:56] = struct.pack('<H', 56)
+    h[56:58] = struct.pack('<H', 1)
+    ph = struct.pack('<IIQQQQQQ', 1, 0, 0, load_at, load_at, length, length, 0)
+    return bytes(h) + ph + b'\x90' * (4096 - 56)
+
+
+def small_bundle(amivm):
+    """A real bundle from `amivm image export`: a tiny kernel and an all-zero 1 MiB root (no
+    chunks), so it stays under libFuzzer's max_len. None if amivm is not built."""
+    if not os.access(amivm, os.X_OK):
+        print('make_seeds: %s not built; no bundle_import seed' % amivm)
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        kernel, root, out = (os.path.join(d, n) for n in ('vmlinux', 'root.raw', 'b.tar'))
+        open(kernel, 'wb').write(small_kernel())
+        with open(root, 'wb') as f:
+            f.truncate(1 << 20)
+        base = [amivm, '--store', os.path.join(d, 'store'), '--account', '123456789012']
+        ami = subprocess.run(base + ['image', 'create', '--name', 'seed', '--kernel', kernel,
+                                     '--root', root], check=True, capture_output=True,
+                             text=True).stdout.strip()
+        subprocess.run(base + ['image', 'export', ami, '-o', out], check=True,
+                       capture_output=True)
+        return open(out, 'rb').read()
 
 
 def small_qcow2(version):

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Launch-to-exit of the test guest: amivm boot vs QEMU microvm vs a floor (examples/kvm_floor.rs:
 # only what any VMM must do), several runs each, interleaved; medians of wall time and peak RSS,
-# and the ratios. Usage: scripts/bench-boot.sh [RUNS] (default 10).
+# and the ratios. amivm runs three ways in the same loop: as shipped (seccomp filters, Landlock,
+# limits), with --no-seccomp, and with --jail; each is compared to the floor and to the others.
+# Usage: scripts/bench-boot.sh [RUNS] (default 10).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 runs=${1:-10}
@@ -40,6 +42,8 @@ run() {
 
 for _ in $(seq "$runs"); do
     run amivm "$amivm" boot --kernel "$guest" --cmdline "$append"
+    run nofilter "$amivm" boot --kernel "$guest" --cmdline "$append" --no-seccomp
+    run jail "$amivm" boot --kernel "$guest" --cmdline "$append" --jail
     run qemu qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=off,acpi=off -enable-kvm \
         -cpu qemu64,-xsave,-cx16 -m 128 -nographic -no-reboot -kernel "$guest" -append "$append" \
         -device isa-debug-exit,iobase=0xf4,iosize=1
@@ -49,7 +53,7 @@ done
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 printf '%-8s %14s %14s   (median of %s runs, %s)\n' vmm "wall ms" "peak RSS MiB" "$runs" "$(date -u +%F)"
 declare -A wall rss
-for n in amivm qemu floor; do
+for n in amivm nofilter jail qemu floor; do
     wall[$n]=$(cut -d' ' -f1 "$work/$n" | median | awk '{ printf "%.1f", $1 / 1000 }')
     rss[$n]=$(cut -d' ' -f2 "$work/$n" | median | awk '{ printf "%.1f", $1 / 1024 }')
     printf '%-8s %14s %14s\n' "$n" "${wall[$n]}" "${rss[$n]}"
@@ -57,4 +61,8 @@ done
 awk -v a="${wall[amivm]}" -v q="${wall[qemu]}" -v f="${wall[floor]}" -v ra="${rss[amivm]}" -v rq="${rss[qemu]}" -v rf="${rss[floor]}" 'BEGIN {
     printf "wall: QEMU/amivm = %.2fx faster, amivm/floor = %.2f (goal <= 1.15)\n", q / a, a / f
     printf "RSS:  QEMU/amivm = %.1fx smaller, amivm - floor = %.1f MiB\n", rq / ra, ra - rf
+}'
+awk -v a="${wall[amivm]}" -v n="${wall[nofilter]}" -v j="${wall[jail]}" -v f="${wall[floor]}" 'BEGIN {
+    printf "seccomp: amivm/--no-seccomp = %.2f, --no-seccomp/floor = %.2f\n", a / n, n / f
+    printf "jail:    --jail/amivm = %.2f, --jail/floor = %.2f (goal <= 1.15)\n", j / a, j / f
 }'

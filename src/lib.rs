@@ -2,6 +2,7 @@
 //!
 //! - [`cli`]: the `amivm` command line (the only place that uses `anyhow`).
 //! - [`vmm`]: the KVM virtual machine monitor: boot path, vCPUs, devices.
+//! - [`net`]: guest networks: the frame-backend trait, passt and tap backends, MACs.
 //! - [`volume`]: the block-backend trait and copy-on-write volumes, the meeting
 //!   point of the device model and the image store.
 //! - [`store`]: the image store: images, snapshots, blobs, accounts.

@@ -20,6 +20,14 @@ fn spoiled_signatures_and_strangers_are_refused() {
 }
 
 #[test]
+fn botocore_presigned_urls_are_answered_until_they_expire() {
+    let server = Server::start();
+    let out = server.python("presign.py", &[]);
+    assert_eq!(out.code, Some(0), "presign.py: {}", out.describe());
+    assert!(out.stdout.contains("OK"), "{}", out.describe());
+}
+
+#[test]
 fn access_keys_are_private_listed_without_secrets_and_revocable() {
     let server = Server::start();
     let keys = server.env.path("store").join("access-keys.json");

@@ -7,11 +7,11 @@
 #![no_main]
 
 use amivm::store::qcow2::Qcow2Image;
-use amivm::store::snapshot::MAX_VOLUME_SIZE;
+use amivm::store::manifest::MAX_VOLUME_BYTES;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(mut img) = Qcow2Image::open(Box::<[u8]>::from(data), data.len() as u64, MAX_VOLUME_SIZE)
+    let Ok(mut img) = Qcow2Image::open(Box::<[u8]>::from(data), data.len() as u64, MAX_VOLUME_BYTES)
     else {
         return;
     };

@@ -6,7 +6,7 @@ use super::form::parse_form;
 use super::params::Params;
 use super::sigv4::{self, SigError};
 use super::xml::{error_document, Xml};
-use super::{images, instances, meta, snapshots, Api};
+use super::{images, instances, key_pairs, meta, presign, snapshots, Api};
 use crate::store::AccountId;
 
 /// A received HTTP request, as the dispatcher needs it.
@@ -210,6 +210,26 @@ const ACTIONS: &[Action] = &[
         params: &["Filter", "MaxResults", "NextToken"],
     },
     Action {
+        name: "CreateKeyPair",
+        handler: key_pairs::create_key_pair,
+        params: &["KeyName", "KeyType", "KeyFormat", "TagSpecification"],
+    },
+    Action {
+        name: "ImportKeyPair",
+        handler: key_pairs::import_key_pair,
+        params: &["KeyName", "PublicKeyMaterial", "TagSpecification"],
+    },
+    Action {
+        name: "DescribeKeyPairs",
+        handler: key_pairs::describe_key_pairs,
+        params: &["KeyName", "KeyPairId", "Filter", "IncludePublicKey"],
+    },
+    Action {
+        name: "DeleteKeyPair",
+        handler: key_pairs::delete_key_pair,
+        params: &["KeyName", "KeyPairId"],
+    },
+    Action {
         name: "DescribeRegions",
         handler: meta::describe_regions,
         params: &["RegionName", "Filter", "AllRegions"],
@@ -288,19 +308,23 @@ fn run(api: &Api, req: &HttpRequest, now: i64, request_id: &str) -> Result<Strin
     };
     let mut key = None;
     let mut lookup_failed = None;
-    let verified = sigv4::verify(&sreq, &expect, |key_id| {
-        match api.store.access_key(key_id) {
-            Ok(k) => {
-                let secret = k.as_ref().map(|k| k.secret_access_key.clone());
-                key = k;
-                secret
-            }
-            Err(e) => {
-                lookup_failed = Some(e);
-                None
-            }
+    let presigned = presign::is_presigned(&req.query);
+    let lookup = |key_id: &str| match api.store.access_key(key_id) {
+        Ok(k) => {
+            let secret = k.as_ref().map(|k| k.secret_access_key.clone());
+            key = k;
+            secret
         }
-    });
+        Err(e) => {
+            lookup_failed = Some(e);
+            None
+        }
+    };
+    let verified = if presigned {
+        presign::verify_presigned(&sreq, &expect, lookup)
+    } else {
+        sigv4::verify(&sreq, &expect, lookup)
+    };
     if let Some(e) = lookup_failed {
         return Err(ApiError::new(
             errors::INTERNAL_ERROR,
@@ -325,6 +349,10 @@ fn run(api: &Api, req: &HttpRequest, now: i64, request_id: &str) -> Result<Strin
                 ));
             }
         }
+    }
+    if presigned {
+        // The signature's own parameters are not the action's.
+        map.retain(|k, _| !k.starts_with(presign::PARAM_PREFIX));
     }
     let params = Params::new(map);
     let name = params.get("Action").ok_or_else(|| {

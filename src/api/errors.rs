@@ -37,6 +37,10 @@ pub const INVALID_INSTANCE_ID_NOT_FOUND: &str = "InvalidInstanceID.NotFound";
 pub const INVALID_INSTANCE_ID_MALFORMED: &str = "InvalidInstanceID.Malformed";
 pub const INCORRECT_INSTANCE_STATE: &str = "IncorrectInstanceState";
 pub const INVALID_KEY_PAIR_NOT_FOUND: &str = "InvalidKeyPair.NotFound";
+pub const INVALID_KEY_PAIR_DUPLICATE: &str = "InvalidKeyPair.Duplicate";
+pub const INVALID_KEY_PAIR_FORMAT: &str = "InvalidKeyPair.Format";
+pub const INVALID_KEY_PAIR_ID_MALFORMED: &str = "InvalidKeyPairId.Malformed";
+pub const RESOURCE_LIMIT_EXCEEDED: &str = "ResourceLimitExceeded";
 pub const INVALID_ID: &str = "InvalidID";
 pub const INVALID_USER_ID_MALFORMED: &str = "InvalidUserID.Malformed";
 pub const INVALID_FILTER: &str = "InvalidFilter";
@@ -89,6 +93,7 @@ pub enum Resource {
     Image,
     Snapshot,
     Instance,
+    KeyPair,
     Other,
 }
 
@@ -98,6 +103,7 @@ impl Resource {
             Resource::Image => INVALID_AMI_ID_NOT_FOUND,
             Resource::Snapshot => INVALID_SNAPSHOT_NOT_FOUND,
             Resource::Instance => INVALID_INSTANCE_ID_NOT_FOUND,
+            Resource::KeyPair => INVALID_KEY_PAIR_NOT_FOUND,
             Resource::Other => INVALID_PARAMETER_VALUE,
         }
     }
@@ -118,6 +124,9 @@ pub fn from_store(e: StoreError, about: Resource) -> ApiError {
             Resource::Snapshot => INVALID_SNAPSHOT_IN_USE,
             _ => INVALID_PARAMETER_VALUE,
         },
+        StoreError::KeyNameTaken { .. } => INVALID_KEY_PAIR_DUPLICATE,
+        StoreError::BadKey(_) => INVALID_KEY_PAIR_FORMAT,
+        StoreError::LimitExceeded(_) => RESOURCE_LIMIT_EXCEEDED,
         StoreError::Source { .. }
         | StoreError::Bundle { .. }
         | StoreError::Conflict(_)

@@ -6,6 +6,7 @@ use super::errors::{self, from_instance, from_store, ApiError, Resource};
 use super::params::page;
 use super::xml::Xml;
 use crate::instance::{create_image, record};
+use crate::store::accounts::can_see;
 use crate::store::manifest::{validate_name, validate_tags};
 use crate::store::{AccountId, Image, ImageFilter, ImageId, NoProgress};
 use std::collections::{BTreeMap, BTreeSet};
@@ -141,31 +142,30 @@ pub fn describe_images(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
                 }
             })
     };
-    let mut images = ctx
+    // Shared, not copied: the store's in-memory index, current as of the last commit.
+    let all = ctx
         .api
         .store
-        .list_images(caller, &crate::store::OwnerFilter::All, &filter)
+        .images()
         .map_err(|e| from_store(e, Resource::Image))?;
+    // In image id order, as the paging token needs.
+    let mut images = all.select(caller, &crate::store::OwnerFilter::All, &filter);
     if !ids.is_empty() {
-        let want: BTreeSet<String> = ids
-            .iter()
-            .map(|i| image_id(i).map(|i| i.to_string()))
-            .collect::<Result<_, _>>()?;
+        let want: BTreeSet<ImageId> = ids.iter().map(|i| image_id(i)).collect::<Result<_, _>>()?;
         // Every id asked for must exist and be visible, whatever the filters say.
         for id in &want {
-            if ctx.api.store.resolve_image(caller, id).is_err() {
-                return Err(not_found(id));
+            if !all.get(id).is_some_and(|i| can_see(caller, i)) {
+                return Err(not_found(id.as_str()));
             }
         }
-        images.retain(|i| want.contains(i.image_id.as_str()));
+        images.retain(|i| want.contains(&i.image_id));
     }
     images.retain(|i| (owners.is_empty() || owner_ids.contains(&i.owner_id)) && executable_by(i));
     if !owners.is_empty() && owner_ids.is_empty() && owner_aliases {
         images.clear();
     }
-    images.sort_by(|a, b| a.image_id.cmp(&b.image_id));
     let (images, next) = page(images, |i| i.image_id.as_str(), p.get("NextToken"), max)?;
-    x.list("imagesSet", &images, render_image);
+    x.list("imagesSet", &images, |x, i| render_image(x, i));
     x.leaf_opt("nextToken", next.as_deref());
     Ok(())
 }

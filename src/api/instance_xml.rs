@@ -50,6 +50,7 @@ pub fn render_instance(x: &mut Xml, i: &Instance, zone: &str) {
     x.leaf("privateDnsName", "")
         .leaf("dnsName", "")
         .leaf("reason", &i.state_reason)
+        .leaf_opt("keyName", i.key_name.as_deref())
         .num("amiLaunchIndex", 0)
         .open("productCodes")
         .close("productCodes")

@@ -7,7 +7,7 @@
 //! `shutting-down`); clients poll DescribeInstances (boto3's waiters do).
 
 use super::dispatch::Ctx;
-use super::errors::{self, from_instance, ApiError, Resource};
+use super::errors::{self, from_instance, from_store, ApiError, Resource};
 use super::images::{ec2_time, image_id, instance_error};
 use super::instance_xml::{render_reservation, render_state, reservation_id, state_code};
 use super::params::{page, Params};
@@ -109,6 +109,7 @@ fn detach_options(ctx: &Ctx) -> DetachOptions {
         timeout: None,
         expect: None,
         first_launch: true,
+        extra_args: Vec::new(),
     }
 }
 
@@ -135,10 +136,10 @@ pub fn run_instances(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
         ));
     }
     if let Some(k) = p.get("KeyName") {
-        return Err(ApiError::new(
-            errors::INVALID_KEY_PAIR_NOT_FOUND,
-            format!("The key pair '{k}' does not exist (amivm has no key pairs)"),
-        ));
+        // Checked here for EC2's code; launch::create looks it up again for the record.
+        store
+            .key_pair(&ctx.caller, k)
+            .map_err(|e| from_store(e, Resource::KeyPair))?;
     }
     let placement = p.sub("Placement");
     for name in placement.names() {
@@ -179,6 +180,7 @@ pub fn run_instances(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
         shutdown_behavior,
         remove_on_stop: false,
         serial_log: None,
+        key_name: p.get("KeyName").map(str::to_string),
     };
     // Create every instance (pending, run locks held) before starting any, so a failure
     // leaves nothing behind.

@@ -8,11 +8,12 @@
 //!   body size, and read timeouts; blocking store work runs on a bounded thread pool.
 //! - [`form`]: strict `application/x-www-form-urlencoded` parsing; [`params`]: typed access to
 //!   the flattened `X.N` parameters, filters and paging.
-//! - [`sigv4`]: AWS Signature Version 4 verification against the store's access keys.
+//! - [`sigv4`]: AWS Signature Version 4 verification against the store's access keys, in the
+//!   `Authorization` header or, presigned, in the query string ([`presign`]).
 //! - [`xml`]: response and error documents with the element names of botocore's `ec2` model.
 //! - [`dispatch`]: authentication, action lookup, parameter checks, DryRun, then one of the
-//!   handlers in [`images`], [`snapshots`], [`instances`] (XML in [`instance_xml`]) and
-//!   [`meta`].
+//!   handlers in [`images`], [`snapshots`], [`instances`] (XML in [`instance_xml`]),
+//!   [`key_pairs`] and [`meta`].
 //! - [`errors`]: EC2 error codes and HTTP statuses.
 
 pub mod dispatch;
@@ -21,8 +22,10 @@ pub mod form;
 pub mod images;
 pub mod instance_xml;
 pub mod instances;
+pub mod key_pairs;
 pub mod meta;
 pub mod params;
+pub mod presign;
 pub mod server;
 pub mod sigv4;
 pub mod snapshots;

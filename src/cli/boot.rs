@@ -3,6 +3,7 @@
 use super::exit;
 use crate::vmm::boot::{cmdline, BootProtocol};
 use crate::vmm::devices::virtio::BlockConfig;
+use crate::vmm::jail::{self, spawn::Ending, Report};
 use crate::vmm::platform::Board;
 use crate::vmm::sandbox::{FsPolicy, SandboxConfig, TestHook};
 use crate::vmm::x86_64::mptable::MAX_CPUS;
@@ -71,15 +72,83 @@ pub struct BootArgs {
     /// instances set AMIVM_NO_SECCOMP=1).
     #[arg(long)]
     pub no_seccomp: bool,
-    /// Test-only probes of the sandbox: `vcpu-syscall` or `open:PATH`.
+    /// The guest's network: none (default for boot), user (rootless, through passt) or
+    /// tap:NAME (an existing or new tap device; needs CAP_NET_ADMIN).
+    #[arg(long, value_name = "MODE", default_value = "none")]
+    pub network: crate::net::NetworkSpec,
+    /// Forward a host port to the guest with --network user: [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]
+    /// (repeatable).
+    #[arg(long, value_name = "SPEC")]
+    pub publish: Vec<crate::net::Publish>,
+    /// The guest's MAC address (aa:bb:cc:dd:ee:ff); default: derived from the kernel path.
+    #[arg(long, value_name = "MAC", value_parser = parse_mac)]
+    pub mac: Option<[u8; 6]>,
+    #[command(flatten)]
+    pub jail: super::jail::JailArgs,
+    /// Test-only probes of the sandbox: `vcpu-syscall`, `open:PATH` or `list-root`.
     #[arg(long, hide = true, value_name = "HOOK", value_parser = parse_test_hook)]
     pub x_sandbox_test: Option<TestHook>,
+}
+
+/// Parse `--mac`.
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(format!("{s:?}: expected six hex octets, aa:bb:cc:dd:ee:ff"));
+    }
+    for (o, p) in mac.iter_mut().zip(parts) {
+        *o = u8::from_str_radix(p, 16)
+            .ok()
+            .filter(|_| p.len() == 2)
+            .ok_or_else(|| format!("{s:?}: bad octet {p:?}"))?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("{s:?}: a multicast address cannot be a card's MAC"));
+    }
+    Ok(mac)
+}
+
+/// The network device `--network`/`--publish` ask for, and the passt process behind it (kept
+/// until the VM ends).
+pub fn open_network(
+    spec: &crate::net::NetworkSpec,
+    publish: &[crate::net::Publish],
+    mac: [u8; 6],
+) -> anyhow::Result<(
+    Option<crate::vmm::NetworkDevice>,
+    Option<std::process::Child>,
+)> {
+    use crate::net::{passt, tap::TapBackend, FrameBackend, NetworkSpec, NoNetwork};
+    if !publish.is_empty() && *spec != NetworkSpec::User {
+        anyhow::bail!("--publish needs --network user");
+    }
+    let (backend, child): (Box<dyn FrameBackend>, _) = match spec {
+        NetworkSpec::None => (Box::new(NoNetwork), None),
+        NetworkSpec::Tap(name) => (Box::new(TapBackend::open(name)?), None),
+        NetworkSpec::User => {
+            let p = passt::start(&passt::PasstOptions {
+                publish: publish.to_vec(),
+                log: None,
+            })?;
+            (Box::new(p.backend), Some(p.child))
+        }
+    };
+    Ok((
+        Some(crate::vmm::NetworkDevice {
+            mac,
+            backend,
+            interceptor: None,
+        }),
+        child,
+    ))
 }
 
 /// Parse the hidden `--x-sandbox-test` value.
 fn parse_test_hook(s: &str) -> Result<TestHook, String> {
     match s.split_once(':') {
         None if s == "vcpu-syscall" => Ok(TestHook::VcpuSyscall),
+        None if s == "list-root" => Ok(TestHook::ListRoot),
         Some(("open", path)) => Ok(TestHook::Open(path.into())),
         _ => Err(format!("unknown sandbox test '{s}'")),
     }
@@ -156,7 +225,9 @@ fn dump_acpi(args: &BootArgs, dir: &std::path::Path) -> anyhow::Result<i32> {
     if args.vcpus == 0 || args.vcpus > MAX_CPUS {
         anyhow::bail!("--vcpus {} is out of range: 1 to {MAX_CPUS}", args.vcpus);
     }
-    let tables = Board::new(args.drive.len(), args.device_discovery)?.acpi_tables(args.vcpus)?;
+    let net = args.network != crate::net::NetworkSpec::None || args.mac.is_some();
+    let tables = Board::with_network(args.drive.len(), net, args.device_discovery)?
+        .acpi_tables(args.vcpus)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (name, bytes) in tables.tables() {
         let path = dir.join(format!("{name}.dat"));
@@ -192,6 +263,8 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
             seccomp: crate::vmm::sandbox::seccomp_wanted(args.no_seccomp),
             fs: Some(FsPolicy::default()),
             test_hook: args.x_sandbox_test,
+            // Nothing stays visible in the jail: every file is open before it is entered.
+            jail: args.jail.config(Vec::new()),
         },
         stop_grace: match args.stop_grace {
             Some(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
@@ -200,13 +273,75 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         },
         discovery: args.device_discovery,
     };
+    if !args.publish.is_empty() && args.network != crate::net::NetworkSpec::User {
+        anyhow::bail!("--publish needs --network user");
+    }
+    let mac = args
+        .mac
+        .unwrap_or_else(|| crate::net::mac_for_instance(&config.kernel.to_string_lossy()));
+    // `--network none` with no --mac: no network card at all, as before. passt (or the tap
+    // device) is set up out here, before any jail: the VM process gets only its end.
+    let (net, passt) = if args.network == crate::net::NetworkSpec::None && args.mac.is_none() {
+        (None, None)
+    } else {
+        open_network(&args.network, &args.publish, mac)?
+    };
+    if config.sandbox.jail.is_some() {
+        let ended = run_jailed(config, args.drive, net);
+        if let Some(mut child) = passt {
+            let _ = child.kill();
+        }
+        return ended;
+    }
     let drives = open_drives(&args.drive)?;
-    let mut vmm = Vmm::new(config, drives).context("cannot start the VM")?;
+    let mut vmm = Vmm::with_network(config, drives, net).context("cannot start the VM")?;
     let exit = vmm.run().context("VM failed")?;
+    // passt also ends with us (PR_SET_PDEATHSIG); the sandbox allows kill(2), not wait4(2).
+    if let Some(mut child) = passt {
+        let _ = child.kill();
+    }
     // The process exits next and the kernel frees the VM with it; unmapping guest memory first,
     // while the VM still exists, costs ~18 ms of MMU-notifier work under KVM for nothing.
     std::mem::forget(vmm);
     Ok(report_exit(&exit))
+}
+
+/// `boot --jail`: the VM built and run in a jailed child (crate::vmm::jail); this process
+/// relays signals and exits as the VM ended.
+fn run_jailed(
+    config: VmConfig,
+    specs: Vec<DriveSpec>,
+    net: Option<crate::vmm::NetworkDevice>,
+) -> anyhow::Result<i32> {
+    let vm = jail::spawn(|in_user_ns, rep| {
+        let mut config = config;
+        if let Some(j) = &mut config.sandbox.jail {
+            j.in_user_ns = in_user_ns;
+        }
+        let built = open_drives(&specs)
+            .and_then(|d| Vmm::with_network(config, d, net).context("cannot start the VM"));
+        let mut vmm = match built {
+            Ok(v) => v,
+            Err(e) => {
+                rep.send(&Report::Failed(format!("{e:#}")));
+                return exit::AMIVM_FAILED;
+            }
+        };
+        rep.send(&Report::Built);
+        match vmm.run() {
+            Ok(exit) => rep.send(&Report::Ended(exit)),
+            Err(e) => rep.send(&Report::Failed(format!("VM failed: {e}"))),
+        }
+        // As without the jail: the kernel frees the VM with the process.
+        std::mem::forget(vmm);
+        exit::GUEST_STOPPED
+    })?;
+    match jail::spawn::supervise(vm, || Ok::<(), std::convert::Infallible>(())) {
+        Ok(Ending::Ended(exit)) => Ok(report_exit(&exit)),
+        Ok(Ending::Failed(why)) => anyhow::bail!("{why}"),
+        Ok(Ending::Died(status)) => Ok(status),
+        Err(never) => match never {},
+    }
 }
 
 #[cfg(test)]

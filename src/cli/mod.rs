@@ -8,6 +8,8 @@ mod drive;
 pub mod exit;
 mod image;
 mod instance;
+mod key_pair;
+mod jail;
 mod output;
 mod serve;
 
@@ -97,6 +99,9 @@ pub enum Command {
     /// Access keys for `amivm serve`.
     #[command(subcommand)]
     Account(account::AccountCmd),
+    /// SSH key pairs (EC2 key pairs) for `run --key-name`.
+    #[command(subcommand)]
+    KeyPair(key_pair::KeyPairCmd),
 }
 
 /// Parse the command line, run it, and return the process exit code.
@@ -124,6 +129,7 @@ pub fn main() -> i32 {
         Command::Instance(cmd) => instance::run(cmd, &cli.global),
         Command::Serve(args) => serve::run(args, &cli.global),
         Command::Account(cmd) => account::run(cmd, &cli.global),
+        Command::KeyPair(cmd) => key_pair::run(cmd, &cli.global),
     };
     match result {
         Ok(code) => code,

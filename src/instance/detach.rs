@@ -39,6 +39,8 @@ pub struct DetachOptions {
     pub expect: Option<String>,
     /// The instance's first boot (a VM that cannot be built terminates it).
     pub first_launch: bool,
+    /// More arguments for the background process (`--jail` and its ids).
+    pub extra_args: Vec<String>,
 }
 
 /// Start the background process for a pending instance whose run lock `lock` is held; the
@@ -72,6 +74,7 @@ pub fn spawn(store: &Store, inst: &Instance, lock: RunLock, opts: &DetachOptions
             cmd.arg("--serial-log").arg(p);
         }
     }
+    cmd.args(&opts.extra_args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));

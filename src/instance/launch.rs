@@ -15,6 +15,7 @@ use crate::store::manifest::{device_index, now_rfc3339, DeviceDiscovery as Image
 use crate::store::{AccountId, SnapshotView, Store};
 use crate::vmm::boot::{cmdline, BootProtocol};
 use crate::vmm::devices::virtio::BlockConfig;
+use crate::vmm::jail::JailConfig;
 use crate::vmm::sandbox::{FsPolicy, SandboxConfig};
 use crate::vmm::{BlockDrive, ConsoleConfig, DeviceDiscovery, VmConfig, VmExit, Vmm};
 use crate::volume::CowOverlay;
@@ -50,6 +51,8 @@ pub struct LaunchRequest {
     pub remove_on_stop: bool,
     /// `--serial-log`: the console log goes there instead of the instance directory.
     pub serial_log: Option<PathBuf>,
+    /// `--key-name`: a key pair of the caller's, whose public key the record keeps.
+    pub key_name: Option<String>,
 }
 
 /// How to run the VM.
@@ -64,6 +67,9 @@ pub struct BootOptions {
     /// `--serial-log`: the console goes to this file instead of the instance's `console.log`
     /// (this run only: it comes from the command line, never from the record).
     pub serial_log: Option<PathBuf>,
+    /// `--jail`: the VM runs in a jailed child process (see [`super::jailed`]); the store is
+    /// added to what stays visible in it.
+    pub jail: Option<JailConfig>,
 }
 
 /// The overlay file of the volume on `device` (`/dev/vda` → `vda.cow`).
@@ -87,6 +93,11 @@ pub fn create(
     if let Some(data) = &req.user_data {
         super::metadata::check_user_data(data)?;
     }
+    let key = req
+        .key_name
+        .as_ref()
+        .map(|k| store.key_pair(caller, k))
+        .transpose()?;
     let mut mappings = image.block_device_mappings.clone();
     mappings.sort_by_key(|m| device_index(&m.device_name).unwrap_or(usize::MAX));
     if image.root_mapping().is_none() {
@@ -160,6 +171,8 @@ pub fn create(
         volumes,
         process: None,
         tags: Default::default(),
+        key_name: key.as_ref().map(|k| k.key_name.clone()),
+        public_key: key.map(|k| k.public_key),
     };
     record::put(store, &inst).map_err(cleanup)?;
     Ok((inst, lock))
@@ -194,7 +207,11 @@ fn make_overlay(
 }
 
 /// Open the instance's volumes as block devices, root first.
-fn open_drives(store: &Store, inst: &Instance, dir: &InstanceDir) -> Result<Vec<BlockDrive>> {
+pub(super) fn open_drives(
+    store: &Store,
+    inst: &Instance,
+    dir: &InstanceDir,
+) -> Result<Vec<BlockDrive>> {
     let mut drives = Vec::new();
     for v in inst.volumes.iter().filter(|v| !v.deleted) {
         let view = base_view(store, v)?;
@@ -244,13 +261,30 @@ pub fn vm_config(
         stop_grace: Some(STOP_GRACE),
         // Once the guest runs, only the store stays reachable by path: the snapshot views open
         // chunks lazily and the record is committed there when the guest ends.
-        sandbox: SandboxConfig {
-            seccomp: crate::vmm::sandbox::seccomp_wanted(false),
-            fs: Some(FsPolicy {
-                read_only: vec![],
-                read_write: vec![store.dir().to_path_buf()],
-            }),
-            test_hook: None,
+        // Jailed, the parent commits the record: the VM process only reads the store.
+        sandbox: match &opts.jail {
+            None => SandboxConfig {
+                seccomp: crate::vmm::sandbox::seccomp_wanted(false),
+                fs: Some(FsPolicy {
+                    read_only: vec![],
+                    read_write: vec![store.dir().to_path_buf()],
+                }),
+                test_hook: None,
+                jail: None,
+            },
+            Some(j) => SandboxConfig {
+                seccomp: crate::vmm::sandbox::seccomp_wanted(false),
+                fs: Some(FsPolicy {
+                    read_only: vec![store.dir().to_path_buf()],
+                    read_write: vec![],
+                }),
+                test_hook: None,
+                jail: Some(JailConfig {
+                    read_only: vec![store.dir().to_path_buf()],
+                    keep_read_search: true,
+                    ..j.clone()
+                }),
+            },
         },
         discovery: match inst.image.device_discovery {
             ImageDiscovery::Acpi => DeviceDiscovery::Acpi,
@@ -292,6 +326,10 @@ pub fn boot(
     let pid = std::process::id();
     let process = process_start_ticks(pid).map(|start_ticks| ProcessInfo { pid, start_ticks });
     let dir = inst.dir(store)?;
+    if opts.jail.is_some() {
+        let exit = super::jailed::run(store, &inst, &dir, opts, process)?;
+        return finish_boot(store, id, lock, exit, first_launch);
+    }
     let built = vm_config(store, &inst, &dir, opts).and_then(|config| {
         let drives = open_drives(store, &inst, &dir)?;
         Ok(Vmm::new(config, drives)?)
@@ -315,6 +353,17 @@ pub fn boot(
             ended.map_err(InstanceError::from)
         }
     };
+    finish_boot(store, id, lock, exit, first_launch)
+}
+
+/// Record how the VM ended, remove an `--rm` instance, release the run lock.
+fn finish_boot(
+    store: &Store,
+    id: &str,
+    lock: RunLock,
+    exit: std::result::Result<VmExit, InstanceError>,
+    first_launch: bool,
+) -> Result<BootOutcome> {
     let instance = finish(store, id, &exit, first_launch)?;
     // `--rm`: removed while the lock is still held, so no `start` can slip in between.
     let instance = match instance {

@@ -23,6 +23,7 @@
 pub mod create_image;
 pub mod detach;
 pub mod dir;
+pub mod jailed;
 pub mod launch;
 pub mod lifecycle;
 pub mod lock;

@@ -103,6 +103,13 @@ pub struct Instance {
     /// Tags (`amivm serve`: RunInstances' TagSpecifications, CreateTags, DeleteTags).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// The key pair it was launched with (`--key-name`, RunInstances' KeyName).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    /// That key pair's OpenSSH public key at launch, kept even if the key pair is deleted
+    /// (as EC2 keeps serving it as the instance's `public-keys/0/openssh-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 impl Instance {

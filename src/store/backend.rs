@@ -15,7 +15,7 @@ use super::ids::ContentHash;
 use super::layout::{self, Layout};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Kinds of content-addressed objects.
@@ -112,6 +112,13 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     fn recover(&self) -> Result<()>;
     /// Whether a batch was interrupted and awaits [`ObjectStore::recover`].
     fn needs_recovery(&self) -> bool;
+
+    /// A value that changes whenever a finished [`ObjectStore::commit_docs`] changed the
+    /// collection, for caches of it (see [`super::image_index`]); `None` when this backend
+    /// cannot tell, and the caller must read the collection afresh.
+    fn doc_stamp(&self, _collection: &Collection) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// The redo journal of [`LocalDir::commit_docs`]: renames of staged files into place and
@@ -164,8 +171,46 @@ impl LocalDir {
             }
         }
         fsio::fsync_all(&dirs.into_iter().collect::<Vec<_>>())?;
+        // After the documents are in place, before the journal goes: a crash in between
+        // makes recovery apply the journal, and write the stamps, again.
+        for c in STAMPED {
+            let prefix = format!("{}/", c.dir());
+            let touched = j.renames.iter().map(|(_, to)| to).chain(&j.deletes);
+            if touched.into_iter().any(|p| p.starts_with(&prefix)) {
+                self.new_stamp(c)?;
+            }
+        }
         fsio::remove_if_exists(&self.layout.journal())?;
         fsio::fsync_dir(root)
+    }
+}
+
+/// The collections whose changes [`LocalDir`] stamps (see [`ObjectStore::doc_stamp`]).
+const STAMPED: &[Collection] = &[Collection::Images];
+
+impl LocalDir {
+    /// Where a collection's stamp token is kept.
+    fn stamp_path(&self, c: &Collection) -> PathBuf {
+        self.layout
+            .root()
+            .join(format!("{}.{}", c.dir(), layout::STAMP_EXT))
+    }
+
+    /// Give a collection a new random stamp token. Written atomically (a rename) but not
+    /// fsynced: the token only has to differ from the ones running processes have seen, and
+    /// after a crash no process has.
+    fn new_stamp(&self, c: &Collection) -> Result<()> {
+        let dest = self.stamp_path(c);
+        let tmp = self.layout.tmp().join(fsio::temp_name("stamp"));
+        let token = hex::encode(rand::random::<[u8; 16]>());
+        // Private like every store file (fsio::PRIVATE_FILE_MODE; the umask only takes bits away).
+        let mut f = fsio::create_private(&tmp).map_err(|e| StoreError::io("write", &tmp, e))?;
+        std::io::Write::write_all(&mut f, token.as_bytes())
+            .map_err(|e| StoreError::io("write", &tmp, e))?;
+        std::fs::rename(&tmp, &dest).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            StoreError::io("rename into", &dest, e)
+        })
     }
 }
 
@@ -270,14 +315,32 @@ impl ObjectStore for LocalDir {
     fn list_docs(&self, collection: &Collection) -> Result<Vec<String>> {
         let dir = self.layout.root().join(collection.dir());
         let suffix = format!(".{}", layout::JSON_EXT);
-        Ok(read_dir_sorted(&dir)?
-            .into_iter()
-            .filter(|p| p.is_file())
-            .filter_map(|p| {
-                let name = p.file_name()?.to_str()?;
-                name.strip_suffix(&suffix).map(str::to_string)
-            })
-            .collect())
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(StoreError::io("list", &dir, e)),
+        };
+        let mut ids = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| StoreError::io("list", &dir, e))?;
+            let Some(id) = ent
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(&suffix))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            // The entry's type comes with the listing (no stat), except for a symlink.
+            let ft = ent
+                .file_type()
+                .map_err(|e| StoreError::io("list", &dir, e))?;
+            if ft.is_file() || (ft.is_symlink() && ent.path().is_file()) {
+                ids.push(id);
+            }
+        }
+        ids.sort();
+        Ok(ids)
     }
 
     fn commit_docs(&self, batch: Vec<DocOp>) -> Result<()> {
@@ -344,6 +407,32 @@ impl ObjectStore for LocalDir {
 
     fn needs_recovery(&self) -> bool {
         self.layout.journal().exists()
+    }
+
+    /// The collection's stamp token (rewritten by every commit that changes it), and its
+    /// directory's inode, modification and change times (which move when a file is written
+    /// there by other means, to the clock's granularity).
+    fn doc_stamp(&self, collection: &Collection) -> Result<Option<String>> {
+        if !STAMPED.contains(collection) {
+            return Ok(None);
+        }
+        let token = fsio::read_optional(&self.stamp_path(collection))?.unwrap_or_default();
+        let dir = self.layout.root().join(collection.dir());
+        let m = match std::fs::metadata(&dir) {
+            Ok(m) => m,
+            // No directory, no documents: a store opened read-only before its first image.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("stat", &dir, e)),
+        };
+        Ok(Some(format!(
+            "{}:{}:{}.{}:{}.{}",
+            String::from_utf8_lossy(&token),
+            m.ino(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        )))
     }
 }
 

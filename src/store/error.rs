@@ -55,6 +55,19 @@ pub enum StoreError {
     /// An export bundle is malformed, truncated or fails verification.
     #[error("bundle {path}: {why}")]
     Bundle { path: String, why: String },
+    /// The account already has a key pair with this name.
+    #[error("account {owner} already has a key pair named '{name}' ({id})")]
+    KeyNameTaken {
+        owner: String,
+        name: String,
+        id: String,
+    },
+    /// A public key is not an OpenSSH ed25519 or rsa key amivm accepts.
+    #[error("{0}")]
+    BadKey(String),
+    /// A quota is reached (key pairs per account).
+    #[error("{0}")]
+    LimitExceeded(String),
     /// An import would overwrite different data under the same id.
     #[error("{0}")]
     Conflict(String),

@@ -51,10 +51,45 @@ impl OwnerFilter {
     }
 }
 
+/// What one condition looks at.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Field {
+    Name,
+    ImageId,
+    State,
+    IsPublic,
+    OwnerId,
+    Architecture,
+    Description,
+    TagKey,
+    /// `tag:KEY`: the value of tag `KEY`.
+    Tag(String),
+}
+
+impl Field {
+    fn parse(name: &str) -> Option<Field> {
+        Some(match name {
+            "name" => Field::Name,
+            "image-id" => Field::ImageId,
+            "state" => Field::State,
+            "is-public" => Field::IsPublic,
+            "owner-id" => Field::OwnerId,
+            "architecture" => Field::Architecture,
+            "description" => Field::Description,
+            "tag-key" => Field::TagKey,
+            other => match other.strip_prefix("tag:") {
+                Some(key) if !key.is_empty() => Field::Tag(key.to_string()),
+                _ => return None,
+            },
+        })
+    }
+}
+
 /// A set of `--filter` conditions.
 #[derive(Debug, Clone, Default)]
 pub struct ImageFilter {
-    conds: BTreeMap<String, Vec<String>>,
+    /// One entry per field, with the values any of which it may match.
+    conds: BTreeMap<Field, Vec<String>>,
 }
 
 impl ImageFilter {
@@ -73,38 +108,30 @@ impl ImageFilter {
     /// Add one condition: `name` with any of `values` (no splitting at commas, as in the EC2
     /// API's `Filter.N.Value.M`).
     pub fn add(&mut self, name: &str, values: Vec<String>) -> Result<()> {
-        let known = FILTER_NAMES.contains(&name)
-            || name.strip_prefix("tag:").is_some_and(|k| !k.is_empty());
-        if !known {
-            return Err(StoreError::Invalid(format!(
+        let field = Field::parse(name).ok_or_else(|| {
+            StoreError::Invalid(format!(
                 "unknown filter '{name}' (known: {})",
                 FILTER_NAMES.join(", ")
-            )));
-        }
-        self.conds
-            .entry(name.to_string())
-            .or_default()
-            .extend(values);
+            ))
+        })?;
+        self.conds.entry(field).or_default().extend(values);
         Ok(())
     }
 
     /// Whether `image` passes every condition.
     pub fn matches(&self, image: &Image) -> bool {
-        self.conds.iter().all(|(name, values)| {
+        self.conds.iter().all(|(field, values)| {
             let any = |s: &str| values.iter().any(|v| glob_match(v, s));
-            match name.as_str() {
-                "name" => any(&image.name),
-                "image-id" => any(image.image_id.as_str()),
-                "state" => any(image.state.as_str()),
-                "is-public" => any(if image.public { "true" } else { "false" }),
-                "owner-id" => any(image.owner_id.as_str()),
-                "architecture" => any(image.architecture.as_str()),
-                "description" => any(&image.description),
-                "tag-key" => image.tags.keys().any(|k| any(k)),
-                other => match other.strip_prefix("tag:") {
-                    Some(key) => image.tags.get(key).is_some_and(|v| any(v)),
-                    None => false,
-                },
+            match field {
+                Field::Name => any(&image.name),
+                Field::ImageId => any(image.image_id.as_str()),
+                Field::State => any(image.state.as_str()),
+                Field::IsPublic => any(if image.public { "true" } else { "false" }),
+                Field::OwnerId => any(image.owner_id.as_str()),
+                Field::Architecture => any(image.architecture.as_str()),
+                Field::Description => any(&image.description),
+                Field::TagKey => image.tags.keys().any(|k| any(k)),
+                Field::Tag(key) => image.tags.get(key).is_some_and(|v| any(v)),
             }
         })
     }
@@ -119,18 +146,21 @@ pub fn select<'a>(
 ) -> Vec<&'a Image> {
     images
         .iter()
-        .filter(|i| can_see(caller, i))
+        .filter(|i| filter.matches(i))
         .filter(|i| match owner {
             OwnerFilter::All => true,
             OwnerFilter::Caller => i.owner_id == *caller,
             OwnerFilter::Account(a) => i.owner_id == *a,
         })
-        .filter(|i| filter.matches(i))
+        .filter(|i| can_see(caller, i))
         .collect()
 }
 
 /// Match `text` against a pattern with `*` and `?` wildcards (EC2 filter syntax).
 pub fn glob_match(pattern: &str, text: &str) -> bool {
+    if !pattern.contains(['*', '?']) {
+        return pattern == text;
+    }
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0usize, 0usize);

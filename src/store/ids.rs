@@ -99,6 +99,13 @@ resource_id!(
     "snapshot"
 );
 
+resource_id!(
+    /// A key pair id: `key-` and 17 hex digits.
+    KeyPairId,
+    "key-",
+    "key pair"
+);
+
 /// A 12-digit account id.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -4,7 +4,7 @@ use super::accounts::{can_see, require_owner};
 use super::backend::{Collection, DocOp};
 use super::chunker::ChunkPlan;
 use super::error::{Result, StoreError};
-use super::filter::{self, ImageFilter, OwnerFilter};
+use super::filter::{ImageFilter, OwnerFilter};
 use super::ids::{AccountId, ImageId, SnapshotId};
 use super::manifest::{
     self, device_name, gib_ceil, now_rfc3339, Architecture, BlockDeviceMapping, EbsBlockDevice,
@@ -69,8 +69,9 @@ impl Store {
                 Err(e) => Err(e),
             };
         }
-        let all = self.all_images()?;
+        let all = self.images()?;
         let matches: Vec<&Image> = all
+            .as_slice()
             .iter()
             .filter(|i| i.name == id_or_name && can_see(caller, i))
             .collect();
@@ -95,11 +96,14 @@ impl Store {
         owner: &OwnerFilter,
         filter: &ImageFilter,
     ) -> Result<Vec<Image>> {
-        let all = self.all_images()?;
-        Ok(filter::select(&all, caller, owner, filter)
+        let all = self.images()?;
+        let mut v: Vec<Image> = all
+            .select(caller, owner, filter)
             .into_iter()
             .cloned()
-            .collect())
+            .collect();
+        v.sort_by(|a, b| (&a.creation_date, &a.image_id).cmp(&(&b.creation_date, &b.image_id)));
+        Ok(v)
     }
 
     /// Refuse if `owner` already has an image called `name` (other than `except`).
@@ -109,7 +113,7 @@ impl Store {
         name: &str,
         except: Option<&ImageId>,
     ) -> Result<()> {
-        for img in self.all_images()? {
+        for img in self.images()?.as_slice() {
             if img.owner_id == *owner && img.name == name && Some(&img.image_id) != except {
                 return Err(StoreError::NameTaken {
                     owner: owner.to_string(),

@@ -11,6 +11,8 @@
 //!   blobs/ab/abcd…           kernels and initrds, named by their sha256
 //!   snapshots/snap-….json    snapshot manifests
 //!   images/ami-….json        image manifests
+//!   images.stamp             a random token each commit that changes images/ rewrites
+//!                            (the in-memory image index's check, see [`super::image_index`])
 //!   records/KIND/ID.json     records of other modules (instances), see [`super::records`]
 //!   records/KIND/ID/         their private data (overlays, logs): the store never reads it
 //! ```
@@ -39,6 +41,8 @@ pub const IMAGES_DIR: &str = "images";
 pub const RECORDS_DIR: &str = "records";
 /// Suffix of manifest and record files.
 pub const JSON_EXT: &str = "json";
+/// Suffix of a collection's stamp file (`images.stamp`).
+pub const STAMP_EXT: &str = "stamp";
 
 /// The default store directory: `$AMIVM_HOME`, else `$XDG_DATA_HOME/amivm`, else
 /// `~/.local/share/amivm`.

@@ -73,7 +73,9 @@ pub mod filter;
 pub mod fsio;
 pub mod gc;
 pub mod ids;
+pub mod image_index;
 pub mod images;
+pub mod key_pairs;
 pub mod layout;
 pub mod manifest;
 pub mod qcow2;
@@ -81,6 +83,7 @@ pub mod records;
 pub mod snapshot;
 pub mod snapshots;
 pub mod source;
+pub mod ssh_keys;
 pub mod txn;
 pub mod verify;
 pub mod view;
@@ -90,8 +93,10 @@ pub use disk_image::DiskImageRequest;
 pub use error::{Result, StoreError};
 pub use filter::{ImageFilter, OwnerFilter};
 pub use gc::GcReport;
-pub use ids::{AccountId, ContentHash, ImageId, SnapshotId};
+pub use ids::{AccountId, ContentHash, ImageId, KeyPairId, SnapshotId};
+pub use image_index::ImageSet;
 pub use images::{CreateImageRequest, VolumeSpec};
+pub use key_pairs::{KeyPair, KeyPairRef};
 pub use manifest::{
     Architecture, BlobRef, BlockDeviceMapping, EbsBlockDevice, Image, ImageState, KernelFormat,
     KernelRef,
@@ -133,6 +138,8 @@ pub struct Store {
     backend: Arc<dyn ObjectStore>,
     /// Opened with [`Store::open_read_only`]: nothing may be created or changed.
     read_only: bool,
+    /// The image manifests in memory, shared by clones ([`Store::images`]).
+    image_cache: Arc<image_index::ImageCache>,
 }
 
 impl Store {
@@ -163,6 +170,7 @@ impl Store {
             layout,
             backend,
             read_only: false,
+            image_cache: Arc::default(),
         };
         if store.backend.needs_recovery() {
             drop(store.lock()?);
@@ -195,6 +203,7 @@ impl Store {
             layout,
             backend,
             read_only: true,
+            image_cache: Arc::default(),
         })
     }
 
@@ -275,17 +284,10 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("image {id} not found")))
     }
 
-    /// Every image manifest in the store (no permission check). Damaged manifests are skipped
-    /// with a warning.
+    /// Every image manifest in the store (no permission check), oldest first. Damaged
+    /// manifests are skipped with a warning. [`Store::images`] shares them without copying.
     pub fn all_images(&self) -> Result<Vec<Image>> {
-        let mut v = Vec::new();
-        for id in self.backend.list_docs(&Collection::Images)? {
-            match self.read_doc::<Image>(&Collection::Images, &id) {
-                Ok(Some(img)) => v.push(img),
-                Ok(None) => {}
-                Err(e) => log::warn!("skipping image {id}: {e}"),
-            }
-        }
+        let mut v = self.images()?.as_slice().to_vec();
         v.sort_by(|a, b| (&a.creation_date, &a.image_id).cmp(&(&b.creation_date, &b.image_id)));
         Ok(v)
     }

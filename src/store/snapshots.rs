@@ -147,11 +147,11 @@ impl Store {
 
     /// Snapshots `caller` owns or can reach through a visible image.
     pub fn list_snapshots(&self, caller: &AccountId) -> Result<Vec<Snapshot>> {
-        let images = self.all_images()?;
+        let images = self.images()?;
         Ok(self
             .all_snapshots()?
             .into_iter()
-            .filter(|s| can_see_snapshot(caller, s, &images))
+            .filter(|s| can_see_snapshot(caller, s, images.as_slice()))
             .collect())
     }
 
@@ -159,7 +159,7 @@ impl Store {
     pub fn resolve_snapshot(&self, caller: &AccountId, id: &str) -> Result<Snapshot> {
         let id = SnapshotId::parse(id)?;
         let snap = self.snapshot(&id)?;
-        if !can_see_snapshot(caller, &snap, &self.all_images()?) {
+        if !can_see_snapshot(caller, &snap, self.images()?.as_slice()) {
             return Err(StoreError::NotFound(format!(
                 "snapshot {id} not found (or not visible to account {caller})"
             )));
@@ -170,7 +170,7 @@ impl Store {
     /// Images and records that use each snapshot.
     pub fn snapshot_users(&self) -> Result<BTreeMap<SnapshotId, SnapshotUsers>> {
         let mut out: BTreeMap<SnapshotId, SnapshotUsers> = BTreeMap::new();
-        for img in self.all_images()? {
+        for img in self.images()?.as_slice() {
             for s in img.snapshot_ids() {
                 out.entry(s.clone())
                     .or_default()

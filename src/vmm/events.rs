@@ -4,7 +4,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 /// Why the guest crashed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CrashReason {
     /// KVM_EXIT_SHUTDOWN: a triple fault.
     TripleFault { rip: u64 },

@@ -5,8 +5,10 @@ pub mod boot;
 pub mod console;
 pub mod devices;
 pub mod events;
+pub mod jail;
 pub mod layout;
 pub mod memory;
+pub mod netdev;
 pub mod platform;
 pub mod sandbox;
 pub mod vcpu;
@@ -14,6 +16,7 @@ pub mod vm;
 pub mod x86_64;
 
 pub use blockdevs::BlockDrive;
+pub use netdev::NetworkDevice;
 pub use platform::DeviceDiscovery;
 pub use vm::{ConsoleConfig, VmConfig, VmExit, Vmm};
 

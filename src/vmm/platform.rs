@@ -60,7 +60,16 @@ pub struct Board {
 
 impl Board {
     pub fn new(drives: usize, discovery: DeviceDiscovery) -> Result<Board, VmmError> {
-        if drives > MAX_VIRTIO_DEVICES {
+        Self::with_network(drives, false, discovery)
+    }
+
+    /// As [`Board::new`], plus a virtio-net device in the slot after the drives when `net`.
+    pub fn with_network(
+        drives: usize,
+        net: bool,
+        discovery: DeviceDiscovery,
+    ) -> Result<Board, VmmError> {
+        if drives + usize::from(net) > MAX_VIRTIO_DEVICES {
             return Err(VmmError::Config(format!(
                 "{drives} drives given; at most {MAX_VIRTIO_DEVICES} are supported"
             )));
@@ -75,7 +84,7 @@ impl Board {
                 cmdline: None,
             },
         ];
-        for i in 0..drives {
+        for i in 0..drives + usize::from(net) {
             let (base, gsi) = virtio_slot(i);
             devices.push(Announcement {
                 // Both fit: the window is below 4 GiB and there are at most 19 devices.
@@ -145,6 +154,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_network_device_takes_the_slot_after_the_drives() {
+        let b = Board::with_network(2, true, DeviceDiscovery::Cmdline).unwrap();
+        let frags = b.cmdline_fragments();
+        assert_eq!(frags.len(), 3);
+        assert_eq!(frags[2], "virtio_mmio.device=4K@0xc0002000:7");
+        let a = Board::with_network(2, true, DeviceDiscovery::Acpi).unwrap();
+        assert_eq!(count(&a.dsdt_body(), b"LNRO0005"), 3);
+        assert!(Board::with_network(MAX_VIRTIO_DEVICES, true, DeviceDiscovery::Acpi).is_err());
     }
 
     #[test]

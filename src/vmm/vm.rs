@@ -9,6 +9,7 @@ use super::devices::bus::{Bus, SharedDevice};
 use super::devices::exit_port::{ExitPort, EXIT_PORT, EXIT_PORT_SIZE};
 use super::devices::i8042::{I8042, I8042_DATA_PORT, I8042_PORT_SPAN};
 use super::devices::serial::{ConsoleSink, SerialDevice, COM1_GSI, COM1_PORT, COM1_PORT_SPAN};
+use super::devices::virtio::net_mmio::MmioNetDevice;
 use super::devices::virtio::MmioBlockDevice;
 use super::events::{CrashReason, EventSink, VmEvent};
 use super::layout::{
@@ -16,6 +17,7 @@ use super::layout::{
     MIN_MEMORY_MIB,
 };
 use super::memory::{create_guest_memory, ram_end};
+use super::netdev::{self, NetworkDevice};
 use super::platform::{Board, DeviceDiscovery};
 use super::sandbox::{self, Role, SandboxConfig};
 use super::vcpu::{create_vcpu, run_vcpu, VcpuContext};
@@ -78,7 +80,7 @@ pub struct VmConfig {
 }
 
 /// How the VM ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VmExit {
     /// Power-off (ACPI S5), reset, or exit port 0.
     Stopped,
@@ -145,6 +147,7 @@ pub struct Vmm {
     device_events: Option<Events>,
     has_drives: bool,
     block_devices: Vec<Arc<Mutex<MmioBlockDevice>>>,
+    net_device: Option<Arc<Mutex<MmioNetDevice>>>,
     config: VmConfig,
     /// The boot path's results (entry point, memory map), for diagnostics.
     pub boot: boot::BootSetup,
@@ -153,7 +156,16 @@ pub struct Vmm {
 impl Vmm {
     /// Validate the configuration and build the VM with `drives` as virtio block devices
     /// (the first is the root device, `/dev/vda`).
-    pub fn new(mut config: VmConfig, drives: Vec<BlockDrive>) -> Result<Vmm, VmmError> {
+    pub fn new(config: VmConfig, drives: Vec<BlockDrive>) -> Result<Vmm, VmmError> {
+        Self::with_network(config, drives, None)
+    }
+
+    /// As [`Vmm::new`], with a virtio-net device after the drives when `net` is given.
+    pub fn with_network(
+        mut config: VmConfig,
+        drives: Vec<BlockDrive>,
+        net: Option<NetworkDevice>,
+    ) -> Result<Vmm, VmmError> {
         let kvm = open_kvm()?;
         let kerr = |step: &'static str| move |source| VmmError::Kvm { step, source };
         for (cap, name) in [
@@ -225,13 +237,14 @@ impl Vmm {
         }
 
         // Block devices; the board says how the kernel learns of every device.
-        let board = Board::new(drives.len(), config.discovery)?;
+        let board = Board::with_network(drives.len(), net.is_some(), config.discovery)?;
+        let net_slot = drives.len();
         let mut mmio = Bus::new();
         let mut device_events = Events::new().map_err(|e| VmmError::Device {
             name: "event manager".into(),
             why: format!("{e:?}"),
         })?;
-        let has_drives = !drives.is_empty();
+        let has_drives = !drives.is_empty() || net.is_some();
         let root_ro = drives
             .first()
             .map(|d| d.config.read_only || d.backend.read_only());
@@ -267,6 +280,21 @@ impl Vmm {
                 files::open(p, "serial log", files::REGULAR, files::Mode::AppendCreate)
                     .map_err(|e| VmmError::Config(e.to_string()))?,
             ),
+            None => None,
+        };
+        let net_device = match net {
+            Some(dev) => {
+                let console_log = log.as_ref().and_then(|f| f.try_clone().ok());
+                Some(netdev::attach(
+                    &vm,
+                    &mem,
+                    &mut mmio,
+                    &mut device_events,
+                    net_slot,
+                    dev,
+                    console_log,
+                )?)
+            }
             None => None,
         };
         let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
@@ -326,11 +354,17 @@ impl Vmm {
             i8042,
             ged,
             device_events: Some(device_events),
+            net_device,
             has_drives,
             block_devices,
             config,
             boot,
         })
+    }
+
+    /// The network device, if the VM has one (its counters, whether its backend was lost).
+    pub fn network(&self) -> Option<&Arc<Mutex<MmioNetDevice>>> {
+        self.net_device.as_ref()
     }
 
     /// The VM's file descriptor, for devices that register ioeventfds and irqfds.

@@ -59,7 +59,7 @@ def measure(fn, runs):
     return {
         "p50_ms": round(statistics.median(times), 2),
         "p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))], 2),
-        "req_s": round(runs / total, 1),
+        "req_s": runs / total,
     }
 
 
@@ -86,6 +86,6 @@ for name, endpoint, ami in [("amivm", ENDPOINT, AMI), ("moto", os.environ["MOTO_
         print(f"{name}: {case}: {results[name][case]}", file=sys.stderr, flush=True)
 for k in results["amivm"]:
     a, m = results["amivm"][k], results["moto"][k]
-    print(f"{k:45s} amivm p50 {a['p50_ms']:8.2f} ms p99 {a['p99_ms']:8.2f} ms {a['req_s']:7.1f} req/s | "
-          f"moto p50 {m['p50_ms']:8.2f} ms p99 {m['p99_ms']:8.2f} ms {m['req_s']:7.1f} req/s | "
+    print(f"{k:45s} amivm p50 {a['p50_ms']:8.2f} ms p99 {a['p99_ms']:8.2f} ms {a['req_s']:7.2f} req/s | "
+          f"moto p50 {m['p50_ms']:8.2f} ms p99 {m['p99_ms']:8.2f} ms {m['req_s']:7.2f} req/s | "
           f"{a['req_s'] / m['req_s']:.1f}x")

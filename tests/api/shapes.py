@@ -8,6 +8,9 @@ import time
 import json
 import sys
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from ec2env import *
 
 ec2 = client("OWNER")
@@ -61,8 +64,15 @@ record("DescribeRegions", ec2.describe_regions())
 record("DescribeAvailabilityZones", ec2.describe_availability_zones())
 record("DescribeInstanceTypes", ec2.describe_instance_types(InstanceTypes=["t3.micro"]))
 record("DescribeImages", ec2.describe_images(ImageIds=[ami]))
+pub = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+    serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+record("CreateKeyPair", ec2.create_key_pair(KeyName="shape-key", KeyType="ed25519", TagSpecifications=[
+    {"ResourceType": "key-pair", "Tags": [{"Key": "k", "Value": "v"}]}]))
+record("ImportKeyPair", ec2.import_key_pair(KeyName="shape-imported", PublicKeyMaterial=pub))
+record("DescribeKeyPairs", ec2.describe_key_pairs(KeyNames=["shape-key", "shape-imported"], IncludePublicKey=True))
+record("DeleteKeyPair", ec2.delete_key_pair(KeyName="shape-imported"))
 r = record("RunInstances", ec2.run_instances(
-    ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1, UserData="exit=halt",
+    ImageId=ami, InstanceType="t3.micro", MinCount=1, MaxCount=1, UserData="exit=halt", KeyName="shape-key",
     TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "shape"}]}]))
 iid = r["Instances"][0]["InstanceId"]
 wait(ec2, "instance_running", InstanceIds=[iid])

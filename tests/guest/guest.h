@@ -154,6 +154,7 @@ void run_blk_commands(void);
 /* Finds the last word `key=` on the command line; returns its value (up to a space) or NULL. */
 const char *cmdline_value(const char *key, uptr *len);
 /* The same for the n-th (from 0) such word. */
+void run_net_commands(void);
 const char *cmdline_nth_value(const char *key, u32 n, uptr *len);
 
 #endif /* __ASSEMBLER__ */

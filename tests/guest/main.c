@@ -140,6 +140,7 @@ void guest_main(int kind, uptr info)
 	report_mptable();
 	start_aps();
 	run_blk_commands();
+	run_net_commands();
 	uptr alen = 0;
 	if (cmdline_value("acpi", &alen))
 		report_acpi();

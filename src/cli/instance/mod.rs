@@ -108,6 +108,12 @@ pub struct RunArgs {
     /// Run in the background (console to the instance's log) and print the instance id.
     #[arg(long, short = 'd')]
     pub detach: bool,
+    /// Launch with this key pair of the account's (see `amivm key-pair`): the instance keeps
+    /// its name and public key.
+    #[arg(long, value_name = "NAME")]
+    pub key_name: Option<String>,
+    #[command(flatten)]
+    pub jail: crate::cli::jail::JailArgs,
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +129,8 @@ pub struct StartArgs {
     /// Stop the instance (successfully) once the console matches this regex.
     #[arg(long, value_name = "REGEX")]
     pub expect: Option<String>,
+    #[command(flatten)]
+    pub jail: crate::cli::jail::JailArgs,
 }
 
 #[derive(Debug, Args)]
@@ -155,6 +163,8 @@ pub struct RunInstanceArgs {
     /// The console goes to this file (the launch's `--serial-log`).
     #[arg(long)]
     pub serial_log: Option<PathBuf>,
+    #[command(flatten)]
+    pub jail: crate::cli::jail::JailArgs,
 }
 
 /// Run an instance command; returns the process exit code.

@@ -3,12 +3,14 @@
 use super::super::boot::{report_exit, timeout_from};
 use super::super::{exit, GlobalOpts};
 use super::{open, RunArgs, RunInstanceArgs, StartArgs};
+use crate::cli::jail::JailArgs;
 use crate::files;
 use crate::instance::detach::{self, DetachOptions, Started, DETACH_WAIT};
 use crate::instance::launch::{self, BootOptions, LaunchRequest};
 use crate::instance::lock::RunLock;
 use crate::instance::{lifecycle, metadata, record, types, Instance};
 use crate::store::Store;
+use crate::vmm::jail::JailConfig;
 use anyhow::Context;
 use regex::Regex;
 use std::time::Duration;
@@ -52,18 +54,12 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         shutdown_behavior: args.shutdown_behavior,
         remove_on_stop: args.rm,
         serial_log: args.serial_log.clone(),
+        key_name: args.key_name.clone(),
     };
     let (inst, lock) = launch::create(&store, &caller, &req)?;
     if args.detach {
-        return detach(
-            &store,
-            g,
-            &inst,
-            lock,
-            args.timeout,
-            args.expect.as_deref(),
-            true,
-        );
+        let opts = detach_options(g, args.timeout, args.expect.as_deref(), true, &args.jail)?;
+        return detach(&store, &inst, lock, &opts);
     }
     eprintln!(
         "amivm: instance {} ({}: {} vCPU, {} MiB) from {} ({})",
@@ -74,7 +70,8 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         inst.image.image_id,
         inst.image.name
     );
-    foreground(&store, &inst, lock, timeout, expect, true)
+    let jail = args.jail.config(Vec::new());
+    foreground(&store, &inst, lock, timeout, expect, true, jail)
 }
 
 /// Run the instance here with the console on stdout.
@@ -85,6 +82,7 @@ fn foreground(
     timeout: Option<Duration>,
     expect: Option<Regex>,
     first_launch: bool,
+    jail: Option<JailConfig>,
 ) -> anyhow::Result<i32> {
     let opts = BootOptions {
         timeout,
@@ -96,6 +94,7 @@ fn foreground(
         } else {
             None
         },
+        jail,
     };
     let outcome = launch::boot(store, &inst.instance_id, lock, &opts, first_launch)?;
     match outcome.exit {
@@ -117,38 +116,40 @@ pub fn start(args: StartArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
     let (inst, lock) = lifecycle::start(&store, &caller, &args.instance)?;
     if args.attach {
         eprintln!("amivm: starting {}", inst.instance_id);
-        return foreground(&store, &inst, lock, timeout, expect, false);
+        let jail = args.jail.config(Vec::new());
+        return foreground(&store, &inst, lock, timeout, expect, false, jail);
     }
-    detach(
-        &store,
-        g,
-        &inst,
-        lock,
-        args.timeout,
-        args.expect.as_deref(),
-        false,
-    )
+    let opts = detach_options(g, args.timeout, args.expect.as_deref(), false, &args.jail)?;
+    detach(&store, &inst, lock, &opts)
+}
+
+/// How to run an instance in the background.
+fn detach_options(
+    g: &GlobalOpts,
+    timeout: Option<f64>,
+    expect: Option<&str>,
+    first_launch: bool,
+    jail: &JailArgs,
+) -> anyhow::Result<DetachOptions> {
+    Ok(DetachOptions {
+        exe: std::env::current_exe().context("cannot find the amivm executable")?,
+        log_level: g.log_level.as_str().to_string(),
+        timeout,
+        expect: expect.map(str::to_string),
+        first_launch,
+        extra_args: jail.to_args(),
+    })
 }
 
 /// Start `amivm __run-instance` in a new session with the run lock, wait until the instance
 /// leaves `pending`, and print its id.
 fn detach(
     store: &Store,
-    g: &GlobalOpts,
     inst: &Instance,
     lock: RunLock,
-    timeout: Option<f64>,
-    expect: Option<&str>,
-    first_launch: bool,
+    opts: &DetachOptions,
 ) -> anyhow::Result<i32> {
-    let opts = DetachOptions {
-        exe: std::env::current_exe().context("cannot find the amivm executable")?,
-        log_level: g.log_level.as_str().to_string(),
-        timeout,
-        expect: expect.map(str::to_string),
-        first_launch,
-    };
-    let mut child = detach::spawn(store, inst, lock, &opts)?;
+    let mut child = detach::spawn(store, inst, lock, opts)?;
     if detach::wait_started(store, inst, &mut child, DETACH_WAIT)? == Started::StillPending {
         eprintln!(
             "amivm: warning: {} is still pending after {} s",
@@ -181,6 +182,7 @@ pub fn run_instance(args: RunInstanceArgs, g: &GlobalOpts) -> anyhow::Result<i32
         console_stdout: false,
         stdin: false,
         serial_log: args.serial_log,
+        jail: args.jail.config(Vec::new()),
     };
     let outcome = launch::boot(&store, &inst.instance_id, lock, &opts, args.first_launch)?;
     match outcome.exit {

@@ -12,6 +12,7 @@ pub mod landlock;
 pub mod seccomp;
 
 pub use self::landlock::FsPolicy;
+use crate::vmm::jail::{self, JailConfig, JailError};
 use std::cell::Cell;
 use std::sync::Once;
 
@@ -72,6 +73,9 @@ pub struct SandboxConfig {
     /// Test-only: make the vCPU thread attempt a forbidden call once its filter is in place, or
     /// the main thread try to open a path once Landlock is in place (hidden CLI option).
     pub test_hook: Option<TestHook>,
+    /// `--jail`: the VM process runs in new namespaces (see [`crate::vmm::jail`]); here, its
+    /// new root and dropped identity, entered before the limits and Landlock.
+    pub jail: Option<JailConfig>,
 }
 
 impl Default for SandboxConfig {
@@ -80,6 +84,7 @@ impl Default for SandboxConfig {
             seccomp: true,
             fs: Some(FsPolicy::default()),
             test_hook: None,
+            jail: None,
         }
     }
 }
@@ -92,6 +97,9 @@ pub enum TestHook {
     /// The main thread opens this path for reading after Landlock and reports the result on
     /// stderr (`amivm: sandbox test: open PATH: ok|<error>`).
     Open(std::path::PathBuf),
+    /// Once jailed (before Landlock), the main thread lists `/` on stderr
+    /// (`amivm: sandbox test: root: NAME,NAME,...`).
+    ListRoot,
 }
 
 /// Errors installing the sandbox.
@@ -113,6 +121,8 @@ pub enum SandboxError {
     Handler(String),
     #[error("cannot restrict file access with Landlock: {0}")]
     Landlock(#[from] ::landlock::RulesetError),
+    #[error(transparent)]
+    Jail(#[from] JailError),
     #[error("cannot set no_new_privs: {0}")]
     NoNewPrivs(std::io::Error),
     #[error("cannot set the resource limit {what}: {source}")]
@@ -194,9 +204,16 @@ fn process_usage() -> (u64, u64) {
 }
 
 /// Process-wide steps, run once on the main thread before any VM thread starts (`threads` of
-/// them will): resource limits, the SIGSYS handler, `no_new_privs`, and the Landlock view.
+/// them will): the jail (when asked for), resource limits, the SIGSYS handler, `no_new_privs`, and the Landlock view.
 pub fn enter_process(cfg: &SandboxConfig, threads: u64) -> Result<(), SandboxError> {
+    // Measured before the jail hides /proc.
     let (highest_fd, mapped) = process_usage();
+    if let Some(j) = &cfg.jail {
+        jail::enter(j)?;
+        if cfg.test_hook == Some(TestHook::ListRoot) {
+            eprintln!("amivm: sandbox test: root: {}", jail::list_root());
+        }
+    }
     let (fds, address_space) = limits_after_setup(highest_fd, mapped, threads);
     set_limit(libc::RLIMIT_NOFILE, "RLIMIT_NOFILE", fds)?;
     set_limit(libc::RLIMIT_AS, "RLIMIT_AS", address_space)?;

@@ -127,6 +127,8 @@ const MAIN: &[i64] = &[
     libc::SYS_kill,
     libc::SYS_prctl,
     libc::SYS_uname,
+    // virtio-net: the metadata endpoint's timer (a timerfd created before the sandbox).
+    libc::SYS_timerfd_settime,
     // Store commits fsync on short-lived threads (src/store/fsio.rs): a new thread's start-up.
     // `clone` itself is allowed only for threads (see `filter`); `clone3` passes this filter but
     // gets ENOSYS from a second one, so glibc falls back to `clone`, whose flags BPF can see.

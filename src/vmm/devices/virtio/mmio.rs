@@ -1,6 +1,6 @@
 //! The virtio-mmio transport, version 2 (virtio 1.2, section 4.2): the register file, the
-//! device-status state machine, feature negotiation and queue setup, for a device with one
-//! virtqueue.
+//! device-status state machine, feature negotiation and queue setup, for a device with one or
+//! more virtqueues (virtio-blk has one, virtio-net two).
 //!
 //! The interrupt registers (InterruptStatus, InterruptACK) and QueueNotify are not here: they are
 //! served without taking the device lock (see the parent module), so that acknowledging an
@@ -34,8 +34,8 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_sel: u32,
     shm_sel: u32,
-    /// The one virtqueue (index 0).
-    pub queue: Queue,
+    /// The virtqueues, by index (QueueSel).
+    pub queues: Vec<Queue>,
 }
 
 impl MmioTransport {
@@ -47,6 +47,20 @@ impl MmioTransport {
         config: Vec<u8>,
         queue_max: u16,
     ) -> Result<Self, virtio_queue::Error> {
+        Self::with_queues(device_id, device_features, config, queue_max, 1)
+    }
+
+    /// As [`MmioTransport::new`], with `count` virtqueues of at most `queue_max` entries each.
+    pub fn with_queues(
+        device_id: u32,
+        device_features: u64,
+        config: Vec<u8>,
+        queue_max: u16,
+        count: usize,
+    ) -> Result<Self, virtio_queue::Error> {
+        let queues = (0..count.max(1))
+            .map(|_| Queue::new(queue_max))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(MmioTransport {
             device_id,
             device_features,
@@ -58,7 +72,7 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             shm_sel: 0,
-            queue: Queue::new(queue_max)?,
+            queues,
         })
     }
 
@@ -72,11 +86,27 @@ impl MmioTransport {
         self.driver_features & self.device_features
     }
 
-    /// Whether the driver finished initialisation and the device may use its queue.
+    /// Whether the driver finished initialisation and the device may use its queues (all of
+    /// them set up and ready).
     pub fn is_live(&self) -> bool {
         self.status & STATUS_DRIVER_OK != 0
             && self.status & STATUS_DEVICE_NEEDS_RESET == 0
-            && self.queue.ready()
+            && self.queues.iter().all(|q| q.ready())
+    }
+
+    /// Queue 0 (the only queue of a single-queue device).
+    pub fn queue(&self) -> &Queue {
+        &self.queues[0]
+    }
+
+    /// Queue 0, mutable.
+    pub fn queue_mut(&mut self) -> &mut Queue {
+        &mut self.queues[0]
+    }
+
+    /// The queue QueueSel selects, if it exists.
+    fn selected(&self) -> Option<&Queue> {
+        self.queues.get(self.queue_sel as usize)
     }
 
     /// The device hit an error it cannot recover from without a reset (2.1.2).
@@ -123,8 +153,8 @@ impl MmioTransport {
                 1 => (self.device_features >> 32) as u32,
                 _ => 0,
             },
-            REG_QUEUE_NUM_MAX if self.queue_sel == 0 => u32::from(self.queue.max_size()),
-            REG_QUEUE_READY => u32::from(self.queue_sel == 0 && self.queue.ready()),
+            REG_QUEUE_NUM_MAX => self.selected().map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => u32::from(self.selected().is_some_and(|q| q.ready())),
             REG_STATUS => self.status,
             // No shared memory regions: "reading from a non-existent region returns -1" (4.2.2).
             REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH | REG_SHM_BASE_LOW | REG_SHM_BASE_HIGH => u32::MAX,
@@ -204,8 +234,10 @@ impl MmioTransport {
         }
         self.status = new | keep;
         if new & !old & STATUS_DRIVER_OK != 0 {
-            self.queue
-                .set_event_idx(self.acked_features() & VIRTIO_F_RING_EVENT_IDX != 0);
+            let event_idx = self.acked_features() & VIRTIO_F_RING_EVENT_IDX != 0;
+            for q in &mut self.queues {
+                q.set_event_idx(event_idx);
+            }
             return WriteEffect::Activated;
         }
         WriteEffect::None
@@ -221,46 +253,44 @@ impl MmioTransport {
     }
 
     fn write_queue(&mut self, offset: u64, v: u32, mem: &GuestMemoryMmap) {
-        if self.queue_sel != 0 {
-            log::debug!(
-                "virtio-mmio: write to queue {} which does not exist",
-                self.queue_sel
-            );
-            return;
-        }
         if self.status & STATUS_FEATURES_OK == 0 || self.status & STATUS_DEVICE_NEEDS_RESET != 0 {
             log::debug!("virtio-mmio: queue setup before FEATURES_OK ignored");
             return;
         }
+        let sel = self.queue_sel;
+        let Some(queue) = self.queues.get_mut(sel as usize) else {
+            log::debug!("virtio-mmio: write to queue {sel} which does not exist");
+            return;
+        };
         if offset == REG_QUEUE_READY {
             if v == 0 {
-                self.queue.set_ready(false);
+                queue.set_ready(false);
                 return;
             }
-            self.queue.set_ready(true);
-            if !self.queue.is_valid(mem) {
+            queue.set_ready(true);
+            if !queue.is_valid(mem) {
                 log::warn!("virtio-mmio: queue rings outside guest memory; not ready");
-                self.queue.set_ready(false);
+                queue.set_ready(false);
             }
             return;
         }
-        if self.queue.ready() {
+        if queue.ready() {
             log::debug!("virtio-mmio: queue setup while ready ignored");
             return;
         }
         match offset {
             REG_QUEUE_NUM => {
                 let size = u16::try_from(v).unwrap_or(0);
-                if self.queue.try_set_size(size).is_err() {
+                if queue.try_set_size(size).is_err() {
                     log::debug!("virtio-mmio: bad queue size {v}");
                 }
             }
-            REG_QUEUE_DESC_LOW => self.queue.set_desc_table_address(Some(v), None),
-            REG_QUEUE_DESC_HIGH => self.queue.set_desc_table_address(None, Some(v)),
-            REG_QUEUE_DRIVER_LOW => self.queue.set_avail_ring_address(Some(v), None),
-            REG_QUEUE_DRIVER_HIGH => self.queue.set_avail_ring_address(None, Some(v)),
-            REG_QUEUE_DEVICE_LOW => self.queue.set_used_ring_address(Some(v), None),
-            REG_QUEUE_DEVICE_HIGH => self.queue.set_used_ring_address(None, Some(v)),
+            REG_QUEUE_DESC_LOW => queue.set_desc_table_address(Some(v), None),
+            REG_QUEUE_DESC_HIGH => queue.set_desc_table_address(None, Some(v)),
+            REG_QUEUE_DRIVER_LOW => queue.set_avail_ring_address(Some(v), None),
+            REG_QUEUE_DRIVER_HIGH => queue.set_avail_ring_address(None, Some(v)),
+            REG_QUEUE_DEVICE_LOW => queue.set_used_ring_address(Some(v), None),
+            REG_QUEUE_DEVICE_HIGH => queue.set_used_ring_address(None, Some(v)),
             _ => {}
         }
     }
@@ -273,6 +303,8 @@ impl MmioTransport {
         self.driver_features = 0;
         self.queue_sel = 0;
         self.shm_sel = 0;
-        self.queue.reset();
+        for q in &mut self.queues {
+            q.reset();
+        }
     }
 }

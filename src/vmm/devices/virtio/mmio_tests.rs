@@ -175,7 +175,7 @@ fn queue_setup_rules() {
     wr(&mut r, REG_QUEUE_READY, 1);
     assert_eq!(rd(&mut r, REG_QUEUE_READY), 0);
     negotiate(&mut r, VIRTIO_F_VERSION_1);
-    let size = |r: &mut Rig| r.dev.shared.lock().transport.queue.size();
+    let size = |r: &mut Rig| r.dev.shared.lock().transport.queue().size();
     for bad in [0, 3, 300, 512] {
         wr(&mut r, REG_QUEUE_NUM, bad);
         assert_eq!(size(&mut r), 256, "size {bad} refused");
@@ -203,7 +203,7 @@ fn queue_setup_rules() {
     wr(&mut r, REG_QUEUE_DESC_LOW, 0x8000);
     assert_eq!(size(&mut r), 16);
     assert_eq!(
-        r.dev.shared.lock().transport.queue.desc_table(),
+        r.dev.shared.lock().transport.queue().desc_table(),
         q.desc_addr().0
     );
     wr(
@@ -234,8 +234,8 @@ fn reset_clears_everything() {
     {
         let st = r.dev.shared.lock();
         assert_eq!(st.transport.acked_features(), 0);
-        assert_eq!(st.transport.queue.size(), 256);
-        assert_eq!(st.transport.queue.next_avail(), 0);
+        assert_eq!(st.transport.queue().size(), 256);
+        assert_eq!(st.transport.queue().next_avail(), 0);
     }
     // The device is usable again after a fresh initialisation.
     let mut q = DriverQueue::new(&r.mem, QBASE, 16);

@@ -34,6 +34,8 @@
 pub mod block;
 pub mod driver;
 pub mod mmio;
+pub mod net;
+pub mod net_mmio;
 pub mod request;
 pub mod spec;
 
@@ -110,7 +112,7 @@ impl Shared {
             mem,
             ..
         } = &mut *st;
-        match blk.process_queue(mem, &mut transport.queue) {
+        match blk.process_queue(mem, transport.queue_mut()) {
             Ok(out) => {
                 if out.notify {
                     self.raise(INT_USED_BUFFER);
