@@ -8,8 +8,8 @@ mod drive;
 pub mod exit;
 mod image;
 mod instance;
-mod key_pair;
 mod jail;
+mod key_pair;
 mod output;
 mod serve;
 
