@@ -14,7 +14,7 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(blk_request mmio_registers qcow2 bundle_import net_frame)
+    targets=(blk_request mmio_registers qcow2 bundle_import net_frame imds_frames imds_http)
 fi
 # The targets' scratch files (the blk disk, bundle_import's store) on tmpfs where there is one:
 # their syncs would otherwise cost more than the code being fuzzed (12x for bundle_import).

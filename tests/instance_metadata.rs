@@ -6,7 +6,7 @@
 mod common;
 mod instance_common;
 
-use amivm::instance::metadata::{metadata_config, public_keys};
+use amivm::instance::metadata::{for_instance, metadata_config, public_keys};
 use amivm::instance::record;
 use amivm::net::imds::HttpTokens;
 use amivm::store::{AccountId, Store};
@@ -89,9 +89,41 @@ fn user_data_and_metadata_options_are_kept_for_start() {
         assert_eq!(c.availability_zone, "us-east-1a");
         assert_eq!(c.block_devices[0].name, "ami");
         assert!(c.public_keys.is_empty());
+        assert_eq!(
+            for_instance(&inst).unwrap(),
+            c,
+            "no key pair: no public keys"
+        );
     };
     check(&env);
     let out = env.run(&["start", "--attach", &id, "--timeout", "60"]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
     check(&env);
+}
+
+#[test]
+fn the_key_pair_is_served_as_public_key_0() {
+    let env = Env::new();
+    let key = env.path("k");
+    env.ok(&[
+        "key-pair",
+        "create",
+        "mykey",
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    let out = env.launch(&env.ami, &["--key-name", "mykey"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let id = launched_id(&out);
+    let store = Store::open(&env.store).unwrap();
+    let owner = AccountId::try_from(OWNER.to_string()).unwrap();
+    let inst = record::load(&store, &owner, &id).unwrap();
+    let c = for_instance(&inst).unwrap();
+    assert_eq!(c.public_keys.len(), 1);
+    assert_eq!(c.public_keys[0].name, "mykey");
+    assert!(
+        c.public_keys[0].openssh.starts_with("ssh-ed25519 "),
+        "{:?}",
+        c.public_keys[0]
+    );
 }

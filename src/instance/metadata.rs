@@ -167,6 +167,15 @@ pub fn public_keys(key_name: Option<&str>, openssh: Option<&str>) -> Vec<PublicK
     }
 }
 
+/// What the metadata service serves for `inst`, with the key pair it was launched with
+/// (`--key-name`, RunInstances' KeyName) as `public-keys/0`.
+pub fn for_instance(inst: &Instance) -> Result<MetadataConfig> {
+    metadata_config(
+        inst,
+        public_keys(inst.key_name.as_deref(), inst.public_key.as_deref()),
+    )
+}
+
 /// What the metadata service serves for `inst`. `public_keys`: from the record's key pair
 /// ([`public_keys`] over its `key_name` and `public_key`).
 pub fn metadata_config(inst: &Instance, public_keys: Vec<PublicKey>) -> Result<MetadataConfig> {
