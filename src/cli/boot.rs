@@ -82,6 +82,10 @@ pub struct BootArgs {
     /// The guest's MAC address (aa:bb:cc:dd:ee:ff); default: derived from the kernel path.
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     pub mac: Option<[u8; 6]>,
+    /// Do not answer the instance metadata service (169.254.169.254) on the network card;
+    /// by default it serves instance-id `i-boot` (see docs/metadata.md).
+    #[arg(long)]
+    pub no_metadata: bool,
     /// Test-only probes of the sandbox: `vcpu-syscall` or `open:PATH`.
     #[arg(long, hide = true, value_name = "HOOK", value_parser = parse_test_hook)]
     pub x_sandbox_test: Option<TestHook>,
@@ -112,6 +116,7 @@ pub fn open_network(
     spec: &crate::net::NetworkSpec,
     publish: &[crate::net::Publish],
     mac: [u8; 6],
+    metadata: Option<crate::net::imds::MetadataConfig>,
 ) -> anyhow::Result<(
     Option<crate::vmm::NetworkDevice>,
     Option<std::process::Child>,
@@ -135,7 +140,10 @@ pub fn open_network(
         Some(crate::vmm::NetworkDevice {
             mac,
             backend,
-            interceptor: None,
+            interceptor: metadata.map(|m| {
+                Box::new(crate::vmm::metadata::MetadataInterceptor::new(m, mac))
+                    as Box<dyn crate::vmm::devices::virtio::net::FrameInterceptor>
+            }),
         }),
         child,
     ))
@@ -278,7 +286,10 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     let (net, passt) = if args.network == crate::net::NetworkSpec::None && args.mac.is_none() {
         (None, None)
     } else {
-        open_network(&args.network, &args.publish, mac)?
+        let metadata = (!args.no_metadata).then(|| {
+            crate::net::imds::MetadataConfig::for_boot(None, crate::net::imds::HttpTokens::Optional)
+        });
+        open_network(&args.network, &args.publish, mac, metadata)?
     };
     let mut vmm = Vmm::with_network(config, drives, net).context("cannot start the VM")?;
     let exit = vmm.run().context("VM failed")?;

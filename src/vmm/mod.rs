@@ -7,6 +7,7 @@ pub mod devices;
 pub mod events;
 pub mod layout;
 pub mod memory;
+pub mod metadata;
 pub mod netdev;
 pub mod platform;
 pub mod sandbox;
