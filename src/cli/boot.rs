@@ -121,21 +121,9 @@ pub fn open_network(
     Option<crate::vmm::NetworkDevice>,
     Option<std::process::Child>,
 )> {
-    use crate::net::{passt, tap::TapBackend, FrameBackend, NetworkSpec, NoNetwork};
-    if !publish.is_empty() && *spec != NetworkSpec::User {
-        anyhow::bail!("--publish needs --network user");
-    }
-    let (backend, child): (Box<dyn FrameBackend>, _) = match spec {
-        NetworkSpec::None => (Box::new(NoNetwork), None),
-        NetworkSpec::Tap(name) => (Box::new(TapBackend::open(name)?), None),
-        NetworkSpec::User => {
-            let p = passt::start(&passt::PasstOptions {
-                publish: publish.to_vec(),
-                log: None,
-            })?;
-            (Box::new(p.backend), Some(p.child))
-        }
-    };
+    let opened = crate::net::open::open(spec, publish, None)?;
+    let backend = opened.backend;
+    let child = opened.passt;
     Ok((
         Some(crate::vmm::NetworkDevice {
             mac,

@@ -89,6 +89,14 @@ pub struct RunArgs {
     /// The metadata service: http-tokens=optional|required[,http-put-response-hop-limit=N].
     #[arg(long, value_name = "OPTIONS")]
     pub metadata_options: Option<String>,
+    /// The instance's network: user (rootless, through passt; the default), none, or tap:NAME
+    /// (needs CAP_NET_ADMIN). Kept for `start`; see docs/network.md.
+    #[arg(long, value_name = "MODE", default_value = "user")]
+    pub network: crate::net::NetworkSpec,
+    /// Forward a host port to the guest (--network user): [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]
+    /// (repeatable; kept for `start`).
+    #[arg(long, value_name = "SPEC")]
+    pub publish: Vec<crate::net::Publish>,
     /// Stop the instance and exit 124 after this many seconds (at most 3153600000, 100 years).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
