@@ -85,7 +85,7 @@ mod tests {
     #[test]
     fn publish_needs_user_networking() {
         let p: Publish = "8080:80".parse().unwrap();
-        let e = check(&NetworkSpec::None, &[p.clone()]).unwrap_err();
+        let e = check(&NetworkSpec::None, std::slice::from_ref(&p)).unwrap_err();
         assert_eq!(e.to_string(), "--publish needs --network user");
         assert!(open(&NetworkSpec::None, &[p], None).is_err());
         assert!(check(&NetworkSpec::None, &[]).is_ok());
