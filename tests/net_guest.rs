@@ -99,3 +99,90 @@ fn dhcp_and_arp_through_passt_agree_with_qemu() {
     let slirp = net_report(&out, "QEMU + slirp");
     assert_eq!(slirp.str("net_mac"), MAC);
 }
+
+/// A one-page HTTP server on the host's loopback: answers each connection with `BODY`, and
+/// sends the first request line it got down the channel.
+fn http_server() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            c.set_read_timeout(Some(Duration::from_secs(30))).ok();
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let _ = tx.send(line.trim_end().to_string());
+            let _ =
+                c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 20\r\n\r\nhello from the host\n");
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn the_guest_fetches_a_page_from_the_host_through_passt() {
+    if !on_path("passt") {
+        return skip_note("net_guest: needs passt");
+    }
+    let (port, requests) = http_server();
+    let append = format!("console=ttyS0 net=http:{port} exit_code=0");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_amivm"));
+    cmd.args(["boot", "--kernel"])
+        .arg(build_guest())
+        .args(["--network", "user", "--mac", MAC, "--timeout", "60"])
+        .args(["--cmdline", &append]);
+    let out = run_with_deadline(cmd, DEADLINE);
+    let got = requests.try_recv();
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let r = net_report(&out, "amivm");
+    assert_eq!(r.str("net_http"), "HTTP/1.0 200 OK", "{}", out.describe());
+    assert_eq!(got.as_deref(), Ok("GET / HTTP/1.0"));
+}
+
+#[test]
+fn a_published_port_reaches_the_guest() {
+    if !on_path("passt") {
+        return skip_note("net_guest: needs passt");
+    }
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_amivm"));
+    cmd.args(["boot", "--kernel"])
+        .arg(build_guest())
+        .args(["--network", "user", "--mac", MAC, "--timeout", "60"])
+        .args(["--publish", &format!("127.0.0.1:{port}:8080")])
+        .args(["--cmdline", "console=ttyS0 net=serve:8080 exit_code=0"]);
+    let guest = std::thread::spawn(move || run_with_deadline(cmd, DEADLINE));
+    // Connect (passt listens once the VM starts) and say one line; the guest answers and closes.
+    let t0 = std::time::Instant::now();
+    let answer = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no answer on port {port}"
+        );
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = c.write_all(b"hello guest\n");
+        let mut got = String::new();
+        let _ = c.read_to_string(&mut got);
+        if !got.is_empty() {
+            break got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(answer, "hello from the amivm test guest\n");
+    let out = guest.join().unwrap();
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let r = net_report(&out, "amivm");
+    assert_eq!(r.str("net_served"), "1", "{}", out.describe());
+}
