@@ -94,3 +94,44 @@ fn refusals_are_one_line_and_leave_nothing() {
     );
     assert!(env.ps().is_empty(), "no instance was created");
 }
+
+#[test]
+fn the_guest_reads_its_metadata_with_an_imdsv2_token() {
+    let env = Env::new();
+    let ud = env.path("user-data");
+    std::fs::write(&ud, b"#!/bin/sh\necho from-user-data\n").unwrap();
+    let out = env.launch(
+        &env.ami,
+        &[
+            "--append",
+            "net=imds",
+            "--user-data",
+            ud.to_str().unwrap(),
+            "--metadata-options",
+            "http-tokens=required",
+            "--instance-type",
+            "t3.micro",
+        ],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let id = launched_id(&out);
+    let r = env.logs(&id);
+    assert!(r.get("net_error").is_none(), "{}", out.describe());
+    assert_eq!(
+        r.str("imds_token_status"),
+        "HTTP/1.1 200 OK",
+        "{}",
+        out.describe()
+    );
+    assert_eq!(r.str("imds_instance_id"), id);
+    assert_eq!(r.str("imds_instance_type"), "t3.micro");
+    assert_eq!(r.str("imds_user_data"), "#!/bin/sh");
+    // No key pair: EC2 answers 404 for public-keys/0/openssh-key.
+    assert!(
+        r.str("imds_openssh_key").contains("404"),
+        "{}",
+        out.describe()
+    );
+    // Without a token under http-tokens=required: 401.
+    assert!(r.str("imds_notoken").contains("401"), "{}", out.describe());
+}

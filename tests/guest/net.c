@@ -458,44 +458,121 @@ static int tcp_recv(u64 start, int any, u8 **data, u32 *dlen, u32 *flags)
 	return 0;
 }
 
-/* net=http:PORT: GET / from the router (passt maps it to the host's loopback). */
-static void http_get(u64 port)
+/* The last response: its bytes (up to RESP_MAX), their count, and where the body starts. */
+#define RESP_MAX 600
+static char resp[RESP_MAX + 1];
+static u32 resp_len, resp_body;
+
+/* One HTTP/1.0 exchange over a new connection to ip:port (through the router's MAC): send
+ * `req`, read the response into resp until the server's FIN. Returns 1 when complete. */
+static int http(const u8 *ip, u64 port, const char *req)
 {
+	static u32 next_port = 40000;
 	memcpy(tcp.mac, router_mac, 6);
-	memcpy(tcp.ip, router, 4);
-	tcp.lport = 40000;
+	memcpy(tcp.ip, ip, 4);
+	tcp.lport = next_port++;
 	tcp.rport = (u32)port;
 	tcp.seq = 0x1000;
 	u8 *d;
 	u32 n, fl;
 	u64 start = rdtsc();
+	resp_len = resp_body = 0;
 	if (!tcp_send(TCP_SYN, NULL, 0) || !tcp_recv(start, 0, &d, &n, &fl) ||
 	    (fl & (TCP_SYN | TCP_ACK)) != (TCP_SYN | TCP_ACK)) {
 		fact_str("net_error", "no SYN-ACK");
-		return;
+		return 0;
 	}
-	/* The handshake's ACK alone: passt completes the handshake on it and ignores any data it
-	 * carries (a real stack would retransmit that data; this one never retransmits). */
+	/* The handshake's ACK goes alone: passt completes the handshake on it and ignores any
+	 * data it carries (a real stack would retransmit that data; this one never does). */
 	tcp_send(TCP_ACK, NULL, 0);
-	static const char req[] = "GET / HTTP/1.0\r\n\r\n";
-	tcp_send(TCP_ACK | TCP_PSH, req, sizeof(req) - 1);
-	u32 total = 0, line = 0;
-	static char first[80];
+	tcp_send(TCP_ACK | TCP_PSH, req, (u32)strlen(req));
 	while (tcp_recv(start, 0, &d, &n, &fl)) {
-		for (u32 i = 0; i < n; i++, total++)
-			if (line < sizeof(first) - 1 && total == line && d[i] != '\r' && d[i] != '\n')
-				first[line++] = (char)d[i];
+		for (u32 i = 0; i < n && resp_len < RESP_MAX; i++)
+			resp[resp_len++] = (char)d[i];
 		if (fl & TCP_FIN) {
 			tcp_send(TCP_ACK | TCP_FIN, NULL, 0);
-			first[line] = 0;
-			fact_str("net_http", first);
-			fact_dec("net_http_bytes", total);
-			return;
+			resp[resp_len] = 0;
+			for (u32 i = 0; i + 3 < resp_len; i++)
+				if (!memcmp(resp + i, "\r\n\r\n", 4)) {
+					resp_body = i + 4;
+					break;
+				}
+			return 1;
 		}
 		if (n)
 			tcp_send(TCP_ACK, NULL, 0);
 	}
 	fact_str("net_error", "HTTP response incomplete");
+	return 0;
+}
+
+/* Print the status line of resp as KEY. */
+static void fact_status(const char *key)
+{
+	static char first[80];
+	u32 i = 0;
+	for (; i < resp_len && i < sizeof(first) - 1 && resp[i] != '\r' && resp[i] != '\n'; i++)
+		first[i] = resp[i];
+	first[i] = 0;
+	fact_str(key, first);
+}
+
+/* net=http:PORT: GET / from the router (passt maps it to the host's loopback). */
+static void http_get(u64 port)
+{
+	if (!http(router, port, "GET / HTTP/1.0\r\n\r\n"))
+		return;
+	fact_status("net_http");
+	fact_dec("net_http_bytes", resp_len);
+}
+
+/* net=imds: an IMDSv2 token from 169.254.169.254, then instance-id, instance-type,
+ * public-keys/0/openssh-key and user-data with it (imds_PATH= the body's first line), and
+ * instance-id without it (imds_notoken= the status line). */
+static void imds(void)
+{
+	static const u8 ip[4] = {169, 254, 169, 254};
+	static char token[128], req[320];
+	if (!http(ip, 80, "PUT /latest/api/token HTTP/1.0\r\n"
+			  "X-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n"))
+		return;
+	fact_status("imds_token_status");
+	u32 t = 0;
+	while (resp_body && resp_body + t < resp_len && t < sizeof(token) - 1) {
+		token[t] = resp[resp_body + t];
+		t++;
+	}
+	token[t] = 0;
+	static const char *const paths[][2] = {
+		{"meta-data/instance-id", "imds_instance_id"},
+		{"meta-data/instance-type", "imds_instance_type"},
+		{"meta-data/public-keys/0/openssh-key", "imds_openssh_key"},
+		{"user-data", "imds_user_data"},
+	};
+	for (u32 p = 0; p < sizeof(paths) / sizeof(paths[0]); p++) {
+		u32 n = 0;
+		const char *parts[] = {"GET /latest/", paths[p][0], " HTTP/1.0\r\n",
+				       "X-aws-ec2-metadata-token: ", token, "\r\n\r\n"};
+		for (u32 k = 0; k < 6; k++)
+			for (const char *c = parts[k]; *c && n < sizeof(req) - 1; c++)
+				req[n++] = *c;
+		req[n] = 0;
+		if (!http(ip, 80, req))
+			return;
+		static char line[200];
+		u32 i = 0;
+		if (resp_len >= 12 && !memcmp(resp + 9, "200", 3))
+			for (; resp_body + i < resp_len && i < sizeof(line) - 1 &&
+			       resp[resp_body + i] != '\n'; i++)
+				line[i] = resp[resp_body + i];
+		else
+			for (; i < 12 && i < resp_len; i++)
+				line[i] = resp[i];
+		line[i] = 0;
+		fact_str(paths[p][1], line);
+	}
+	if (http(ip, 80, "GET /latest/meta-data/instance-id HTTP/1.0\r\n\r\n"))
+		fact_status("imds_notoken");
 }
 
 /* net=serve:PORT: accept one connection on PORT, read a line, answer and close. */
@@ -552,10 +629,13 @@ void run_net_commands(void)
 	u64 port = 0;
 	int http = len > 5 && !memcmp(v, "http:", 5) && parse_u64(v + 5, len - 5, &port);
 	int srv = len > 6 && !memcmp(v, "serve:", 6) && parse_u64(v + 6, len - 6, &port);
+	int md = len == 4 && !memcmp(v, "imds", 4);
 	if (!dhcp() || !arp())
 		return;
 	if (http)
 		http_get(port);
 	else if (srv)
 		serve(port);
+	else if (md)
+		imds();
 }
