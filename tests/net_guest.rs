@@ -31,8 +31,8 @@ fn net_report(out: &RunOutput, who: &str) -> Report {
     r
 }
 
-fn qemu_net(netdev: &str) -> RunOutput {
-    let mut cmd = qemu_microvm(&build_guest(), 1, 128, APPEND, false);
+fn qemu_net(netdev: &str, append: &str) -> RunOutput {
+    let mut cmd = qemu_microvm(&build_guest(), 1, 128, append, false);
     cmd.args([
         "-global",
         "virtio-mmio.force-legacy=false",
@@ -43,22 +43,8 @@ fn qemu_net(netdev: &str) -> RunOutput {
     run_with_deadline(cmd, DEADLINE)
 }
 
-#[test]
-fn dhcp_and_arp_through_passt_agree_with_qemu() {
-    if !on_path("passt") || !on_path(QEMU) {
-        return skip_note("net_guest: needs passt and qemu-system-x86_64");
-    }
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_amivm"));
-    cmd.args(["boot", "--kernel"])
-        .arg(build_guest())
-        .args(["--network", "user", "--mac", MAC, "--timeout", "60"])
-        .args(["--cmdline", APPEND]);
-    let out = run_with_deadline(cmd, DEADLINE);
-    assert_eq!(out.code, Some(0), "{}", out.describe());
-    let ours = net_report(&out, "amivm");
-    assert_eq!(ours.str("net_mac"), MAC);
-
-    // The same guest on QEMU, connected to its own passt.
+/// The guest on QEMU microvm with `-netdev stream` to a passt of its own.
+fn qemu_passt(append: &str) -> RunOutput {
     let dir = tempfile::tempdir().unwrap();
     // passt started as root runs as nobody: its socket directory must be writable by it.
     std::fs::set_permissions(
@@ -79,12 +65,35 @@ fn dhcp_and_arp_through_passt_agree_with_qemu() {
     while !sock.exists() && t0.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = qemu_net(&format!(
-        "stream,id=n0,server=off,addr.type=unix,addr.path={}",
-        sock.display()
-    ));
+    let out = qemu_net(
+        &format!(
+            "stream,id=n0,server=off,addr.type=unix,addr.path={}",
+            sock.display()
+        ),
+        append,
+    );
     let _ = passt.kill();
     let _ = passt.wait();
+    out
+}
+
+#[test]
+fn dhcp_and_arp_through_passt_agree_with_qemu() {
+    if !on_path("passt") || !on_path(QEMU) {
+        return skip_note("net_guest: needs passt and qemu-system-x86_64");
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_amivm"));
+    cmd.args(["boot", "--kernel"])
+        .arg(build_guest())
+        .args(["--network", "user", "--mac", MAC, "--timeout", "60"])
+        .args(["--cmdline", APPEND]);
+    let out = run_with_deadline(cmd, DEADLINE);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let ours = net_report(&out, "amivm");
+    assert_eq!(ours.str("net_mac"), MAC);
+
+    // The same guest on QEMU, connected to its own passt.
+    let out = qemu_passt(APPEND);
     let theirs = net_report(&out, "QEMU + passt");
     for key in ["net_mac", "net_dhcp", "net_ip", "net_router", "net_arp"] {
         assert_eq!(
@@ -95,7 +104,7 @@ fn dhcp_and_arp_through_passt_agree_with_qemu() {
     }
 
     // QEMU's own user network (slirp): a different network, the same exchange.
-    let out = qemu_net("user,id=n0");
+    let out = qemu_net("user,id=n0", APPEND);
     let slirp = net_report(&out, "QEMU + slirp");
     assert_eq!(slirp.str("net_mac"), MAC);
 }
@@ -185,4 +194,30 @@ fn a_published_port_reaches_the_guest() {
     assert_eq!(out.code, Some(0), "{}", out.describe());
     let r = net_report(&out, "amivm");
     assert_eq!(r.str("net_served"), "1", "{}", out.describe());
+}
+
+#[test]
+fn qemu_with_passt_and_with_slirp_fetch_the_same_page() {
+    if !on_path("passt") || !on_path(QEMU) {
+        return skip_note("net_guest: needs passt and qemu-system-x86_64");
+    }
+    let (port, requests) = http_server();
+    let append = format!("console=ttyS0 net=http:{port} exit_code=0");
+    for (who, out) in [
+        ("QEMU + passt", qemu_passt(&append)),
+        ("QEMU + slirp", qemu_net("user,id=n0", &append)),
+    ] {
+        let r = net_report(&out, who);
+        assert_eq!(
+            r.str("net_http"),
+            "HTTP/1.0 200 OK",
+            "{who}: {}",
+            out.describe()
+        );
+        assert_eq!(
+            requests.try_recv().as_deref(),
+            Ok("GET / HTTP/1.0"),
+            "{who}"
+        );
+    }
 }
