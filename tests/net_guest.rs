@@ -221,3 +221,65 @@ fn qemu_with_passt_and_with_slirp_fetch_the_same_page() {
         );
     }
 }
+
+/// The pids of `pid`'s children (all its threads').
+fn children(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+    {
+        let Ok(t) = t else { continue };
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    out
+}
+
+#[test]
+fn a_tx_flood_after_passt_died_leaves_the_vmm_and_the_metadata_service_working() {
+    if !on_path("passt") {
+        return skip_note("net_guest: needs passt");
+    }
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_amivm"))
+        .args(["boot", "--kernel"])
+        .arg(build_guest())
+        .args(["--network", "user", "--mac", MAC, "--timeout", "60"])
+        .args(["--cmdline", "console=ttyS0 net=flood:3000 exit_code=0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 {
+        text.push_str(&line);
+        if line.contains("net_flood_ready=") {
+            let kids = children(pid);
+            assert!(!kids.is_empty(), "no passt under amivm {pid}");
+            for k in kids {
+                // SAFETY: kill(2) on a pid we just read as our child's child.
+                unsafe { libc::kill(k, libc::SIGKILL) };
+            }
+        }
+        line.clear();
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{text}\n{err}");
+    assert!(text.contains("net_flood_sent=3000"), "{text}");
+    assert!(text.contains("imds_instance_id=i-boot"), "{text}");
+    assert!(err.contains("network lost"), "{err}");
+}

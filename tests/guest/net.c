@@ -575,6 +575,30 @@ static void imds(void)
 		fact_status("imds_notoken");
 }
 
+/* net=flood:N: after DHCP, print net_flood_ready, wait ~NET_WAIT_TSC/10 (the host kills passt),
+ * send N broadcast frames as fast as the device takes them (net_flood_sent= how many), then
+ * read instance-id from the metadata service, answered inside amivm (imds_instance_id=). */
+static void flood(u64 count)
+{
+	fact_dec("net_flood_ready", 1);
+	u64 start = rdtsc();
+	while (rdtsc() - start < NET_WAIT_TSC / 10)
+		cpu_relax();
+	u64 sent = 0;
+	for (u64 i = 0; i < count; i++) {
+		u8 *f = txbuf + NET_HDR;
+		memset(txbuf, 0, NET_HDR + 60);
+		memset(f, 0xff, 6);
+		memcpy(f + 6, mac, 6);
+		put16(f + 12, 0x88b5);
+		sent += (u64)send(60);
+	}
+	fact_dec("net_flood_sent", sent);
+	static const u8 ip[4] = {169, 254, 169, 254};
+	if (http(ip, 80, "GET /latest/meta-data/instance-id HTTP/1.0\r\n\r\n") && resp_body)
+		fact_str("imds_instance_id", resp + resp_body);
+}
+
 /* net=serve:PORT: accept one connection on PORT, read a line, answer and close. */
 static void serve(u64 port)
 {
@@ -630,6 +654,7 @@ void run_net_commands(void)
 	int http = len > 5 && !memcmp(v, "http:", 5) && parse_u64(v + 5, len - 5, &port);
 	int srv = len > 6 && !memcmp(v, "serve:", 6) && parse_u64(v + 6, len - 6, &port);
 	int md = len == 4 && !memcmp(v, "imds", 4);
+	int fl = len > 6 && !memcmp(v, "flood:", 6) && parse_u64(v + 6, len - 6, &port);
 	if (!dhcp() || !arp())
 		return;
 	if (http)
@@ -638,4 +663,6 @@ void run_net_commands(void)
 		serve(port);
 	else if (md)
 		imds();
+	else if (fl)
+		flood(port);
 }
