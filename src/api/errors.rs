@@ -152,7 +152,7 @@ pub fn from_instance(e: InstanceError, about: Resource) -> ApiError {
         e @ (InstanceError::WrongState { .. } | InstanceError::NotStarted { .. }) => {
             ApiError::new(INCORRECT_INSTANCE_STATE, e.to_string())
         }
-        e @ InstanceError::Invalid(_) => ApiError::invalid(e.to_string()),
+        e @ (InstanceError::Invalid(_) | InstanceError::Net(_)) => ApiError::invalid(e.to_string()),
         e @ (InstanceError::Volume(_)
         | InstanceError::Vmm(_)
         | InstanceError::Io { .. }

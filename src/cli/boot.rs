@@ -83,6 +83,10 @@ pub struct BootArgs {
     /// The guest's MAC address (aa:bb:cc:dd:ee:ff); default: derived from the kernel path.
     #[arg(long, value_name = "MAC", value_parser = parse_mac)]
     pub mac: Option<[u8; 6]>,
+    /// Do not answer the instance metadata service (169.254.169.254) on the network card;
+    /// by default it serves instance-id `i-boot` (see docs/metadata.md).
+    #[arg(long)]
+    pub no_metadata: bool,
     #[command(flatten)]
     pub jail: super::jail::JailArgs,
     /// Test-only probes of the sandbox: `vcpu-syscall`, `open:PATH` or `list-root`.
@@ -115,30 +119,22 @@ pub fn open_network(
     spec: &crate::net::NetworkSpec,
     publish: &[crate::net::Publish],
     mac: [u8; 6],
+    metadata: Option<crate::net::imds::MetadataConfig>,
 ) -> anyhow::Result<(
     Option<crate::vmm::NetworkDevice>,
     Option<std::process::Child>,
 )> {
-    use crate::net::{passt, tap::TapBackend, FrameBackend, NetworkSpec, NoNetwork};
-    if !publish.is_empty() && *spec != NetworkSpec::User {
-        anyhow::bail!("--publish needs --network user");
-    }
-    let (backend, child): (Box<dyn FrameBackend>, _) = match spec {
-        NetworkSpec::None => (Box::new(NoNetwork), None),
-        NetworkSpec::Tap(name) => (Box::new(TapBackend::open(name)?), None),
-        NetworkSpec::User => {
-            let p = passt::start(&passt::PasstOptions {
-                publish: publish.to_vec(),
-                log: None,
-            })?;
-            (Box::new(p.backend), Some(p.child))
-        }
-    };
+    let opened = crate::net::open::open(spec, publish, None)?;
+    let backend = opened.backend;
+    let child = opened.passt;
     Ok((
         Some(crate::vmm::NetworkDevice {
             mac,
             backend,
-            interceptor: None,
+            interceptor: metadata.map(|m| {
+                Box::new(crate::vmm::metadata::MetadataInterceptor::new(m, mac))
+                    as Box<dyn crate::vmm::devices::virtio::net::FrameInterceptor>
+            }),
         }),
         child,
     ))
@@ -284,7 +280,10 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     let (net, passt) = if args.network == crate::net::NetworkSpec::None && args.mac.is_none() {
         (None, None)
     } else {
-        open_network(&args.network, &args.publish, mac)?
+        let metadata = (!args.no_metadata).then(|| {
+            crate::net::imds::MetadataConfig::for_boot(None, crate::net::imds::HttpTokens::Optional)
+        });
+        open_network(&args.network, &args.publish, mac, metadata)?
     };
     if config.sandbox.jail.is_some() {
         let ended = run_jailed(config, args.drive, net);

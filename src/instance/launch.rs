@@ -11,13 +11,17 @@ use super::record::{self, generate_id, generate_volume_id, Instance, InstanceVol
 use super::state::{InstanceState, ShutdownBehavior};
 use super::types::InstanceType;
 use super::{InstanceError, Result};
+use crate::net::NetworkSpec;
 use crate::store::manifest::{device_index, now_rfc3339, DeviceDiscovery as ImageDiscovery, GIB};
 use crate::store::{AccountId, SnapshotView, Store};
 use crate::vmm::boot::{cmdline, BootProtocol};
 use crate::vmm::devices::virtio::BlockConfig;
 use crate::vmm::jail::JailConfig;
+use crate::vmm::metadata::MetadataInterceptor;
 use crate::vmm::sandbox::{FsPolicy, SandboxConfig};
-use crate::vmm::{BlockDrive, ConsoleConfig, DeviceDiscovery, VmConfig, VmExit, Vmm};
+use crate::vmm::{
+    BlockDrive, ConsoleConfig, DeviceDiscovery, NetworkDevice, VmConfig, VmExit, Vmm,
+};
 use crate::volume::CowOverlay;
 use regex::Regex;
 use std::path::PathBuf;
@@ -46,6 +50,10 @@ pub struct LaunchRequest {
     pub user_data: Option<Vec<u8>>,
     /// `--metadata-options`.
     pub metadata_options: super::metadata::MetadataOptions,
+    /// `--network`: `user` (passt), `none` or `tap:NAME`.
+    pub network: crate::net::NetworkSpec,
+    /// `--publish`: host ports forwarded to the guest (needs `user`).
+    pub publish: Vec<crate::net::Publish>,
     pub shutdown_behavior: ShutdownBehavior,
     /// `--rm`: delete the instance when it stops.
     pub remove_on_stop: bool,
@@ -98,6 +106,8 @@ pub fn create(
         .as_ref()
         .map(|k| store.key_pair(caller, k))
         .transpose()?;
+    // passt missing or a published port taken: one error, nothing created.
+    crate::net::open::check(&req.network, &req.publish)?;
     let mut mappings = image.block_device_mappings.clone();
     mappings.sort_by_key(|m| device_index(&m.device_name).unwrap_or(usize::MAX));
     if image.root_mapping().is_none() {
@@ -145,7 +155,7 @@ pub fn create(
         .transpose()
         .map_err(cleanup)?;
     let inst = Instance {
-        instance_id: id,
+        instance_id: id.clone(),
         name: req.name.clone(),
         owner_id: caller.clone(),
         kernel_command_line: cmdline::compose(
@@ -158,6 +168,10 @@ pub fn create(
             .as_deref()
             .map(super::metadata::encode_user_data),
         metadata_options: req.metadata_options,
+        mac_address: (req.network != crate::net::NetworkSpec::None)
+            .then(|| crate::net::config::format_mac(&crate::net::mac_for_instance(&id))),
+        network: req.network.clone(),
+        publish: req.publish.clone(),
         image,
         instance_type: req.instance_type.name.clone(),
         vcpus: req.instance_type.vcpus,
@@ -293,6 +307,45 @@ pub fn vm_config(
     })
 }
 
+/// The file in the instance's directory that passt's own messages go to.
+pub const PASST_LOG: &str = "passt.log";
+
+/// Kills the child (passt) when the VM is gone; the sandbox allows kill(2), not wait4(2), and
+/// passt would end with us anyway (PR_SET_PDEATHSIG).
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+        }
+    }
+}
+
+/// The instance's network card (its recorded `--network`/`--publish`, the MAC from its id,
+/// the metadata service answering on it) and the passt process behind it; no card at all
+/// for `--network none`.
+fn network_device(
+    inst: &Instance,
+    dir: &InstanceDir,
+) -> Result<(Option<NetworkDevice>, KillOnDrop)> {
+    if inst.network == NetworkSpec::None {
+        return Ok((None, KillOnDrop(None)));
+    }
+    let log = dir.file_path(PASST_LOG)?;
+    let opened = crate::net::open::open(&inst.network, &inst.publish, Some(&log))?;
+    let mac = crate::net::mac_for_instance(&inst.instance_id);
+    let config = super::metadata::for_instance(inst)?;
+    Ok((
+        Some(NetworkDevice {
+            mac,
+            backend: opened.backend,
+            interceptor: Some(Box::new(MetadataInterceptor::new(config, mac))),
+        }),
+        KillOnDrop(opened.passt),
+    ))
+}
+
 /// What became of an instance after a run.
 #[derive(Debug)]
 pub struct BootOutcome {
@@ -332,11 +385,13 @@ pub fn boot(
     }
     let built = vm_config(store, &inst, &dir, opts).and_then(|config| {
         let drives = open_drives(store, &inst, &dir)?;
-        Ok(Vmm::new(config, drives)?)
+        let (net, passt) = network_device(&inst, &dir)?;
+        Ok((Vmm::with_network(config, drives, net)?, passt))
     });
     let exit = match built {
         Err(e) => Err(e),
-        Ok(vmm) => {
+        Ok((vmm, passt)) => {
+            let _passt = passt;
             record::update(store, id, |i| {
                 if i.state != InstanceState::Pending {
                     return Err(not_pending(i));

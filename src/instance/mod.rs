@@ -78,6 +78,9 @@ pub enum InstanceError {
     Volume(#[from] VolumeError),
     #[error(transparent)]
     Vmm(#[from] VmmError),
+    /// The network could not be set up (passt missing, a published port taken).
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
     /// A file or process operation failed.
     #[error("{what}: {source}")]
     Io {

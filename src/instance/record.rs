@@ -59,6 +59,11 @@ pub struct ProcessInfo {
     pub start_ticks: u64,
 }
 
+/// The network of records written before instances had one.
+fn no_network() -> crate::net::NetworkSpec {
+    crate::net::NetworkSpec::None
+}
+
 /// An instance, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -82,6 +87,16 @@ pub struct Instance {
     /// `--metadata-options` (RunInstances' `MetadataOptions`).
     #[serde(default)]
     pub metadata_options: super::metadata::MetadataOptions,
+    /// `--network` (records from before networking: none).
+    #[serde(default = "no_network")]
+    pub network: crate::net::NetworkSpec,
+    /// `--publish`: host ports forwarded to the guest (with `--network user`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<crate::net::Publish>,
+    /// The network card's MAC address (`aa:bb:cc:dd:ee:ff`, from the instance id); absent
+    /// without a network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
     pub state: InstanceState,
     /// Why it is in this state (EC2's `StateReason`).
     #[serde(default)]

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod imds;
+pub mod open;
 pub mod passt;
 pub mod stream;
 pub mod tap;

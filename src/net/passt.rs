@@ -7,6 +7,7 @@ use super::stream::StreamBackend;
 use super::{NetError, Protocol, Publish, MTU};
 use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -14,6 +15,9 @@ use std::process::{Child, Command, Stdio};
 
 /// The program started (looked up in `PATH`).
 pub const PASST: &str = "passt";
+
+/// The permissions of passt's log file: the user's only.
+const LOG_MODE: u32 = 0o600;
 
 /// How to start passt.
 #[derive(Debug, Clone, Default)]
@@ -77,6 +81,8 @@ pub fn start(opts: &PasstOptions) -> Result<Passt, NetError> {
     let stderr = match &opts.log {
         Some(p) => Stdio::from(
             std::fs::OpenOptions::new()
+                // Private to the user, whatever the umask (as the instance's other files).
+                .mode(LOG_MODE)
                 .create(true)
                 .append(true)
                 .open(p)

@@ -8,6 +8,7 @@ pub mod events;
 pub mod jail;
 pub mod layout;
 pub mod memory;
+pub mod metadata;
 pub mod netdev;
 pub mod platform;
 pub mod sandbox;

@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum InstanceCmd {
     /// Launch an instance of an image (AMI) and run it, by default in the foreground with the
     /// console attached.
@@ -89,6 +91,14 @@ pub struct RunArgs {
     /// The metadata service: http-tokens=optional|required[,http-put-response-hop-limit=N].
     #[arg(long, value_name = "OPTIONS")]
     pub metadata_options: Option<String>,
+    /// The instance's network: user (rootless, through passt; the default), none, or tap:NAME
+    /// (needs CAP_NET_ADMIN). Kept for `start`; see docs/network.md.
+    #[arg(long, value_name = "MODE", default_value = "user")]
+    pub network: crate::net::NetworkSpec,
+    /// Forward a host port to the guest (--network user): [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]
+    /// (repeatable; kept for `start`).
+    #[arg(long, value_name = "SPEC")]
+    pub publish: Vec<crate::net::Publish>,
     /// Stop the instance and exit 124 after this many seconds (at most 3153600000, 100 years).
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,

@@ -32,6 +32,7 @@ pub fn ps_table(list: &[Instance]) -> String {
                 i.image.image_id.to_string(),
                 i.key_name.clone().unwrap_or_else(|| "-".into()),
                 i.launch_time.clone(),
+                network_word(i),
                 i.state_reason.clone(),
             ]
         })
@@ -45,10 +46,19 @@ pub fn ps_table(list: &[Instance]) -> String {
             "IMAGE",
             "KEY",
             "LAUNCHED",
+            "NETWORK",
             "REASON",
         ],
         &rows,
     )
+}
+
+/// The NETWORK column: the mode and the forwards, one word (`user,8080:80/tcp`).
+fn network_word(i: &Instance) -> String {
+    std::iter::once(i.network.to_string())
+        .chain(i.publish.iter().map(|p| p.to_string()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// An instance as `ps --output json` shows it (EC2 DescribeInstances field names).
@@ -76,6 +86,9 @@ pub fn json(i: &Instance, store: &Store) -> Value {
             "HttpPutResponseHopLimit": i.metadata_options.http_put_response_hop_limit,
             "HttpEndpoint": "enabled",
         },
+        "Network": i.network.to_string(),
+        "Publish": i.publish.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "MacAddress": i.mac_address,
         "UserDataBytes": i.user_data.as_deref().map(|d| {
             crate::instance::metadata::decode_user_data(d).map(|b| b.len()).unwrap_or(0)
         }),

@@ -67,6 +67,8 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         append: args.append.clone(),
         user_data,
         metadata_options,
+        network: args.network.clone(),
+        publish: args.publish.clone(),
         shutdown_behavior: args.shutdown_behavior,
         remove_on_stop: args.rm,
         serial_log: args.serial_log.clone(),

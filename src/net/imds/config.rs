@@ -97,3 +97,39 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+/// The instance id `amivm boot` serves (a VM booted without an instance record).
+pub const BOOT_INSTANCE_ID: &str = "i-boot";
+/// The region `amivm boot` serves (the API's default, `crate::api::DEFAULT_REGION`).
+pub const BOOT_REGION: &str = "us-east-1";
+/// The instance type `amivm boot` serves (the API's default for `run`).
+pub const BOOT_INSTANCE_TYPE: &str = "t3.micro";
+/// The account id `amivm boot` serves: EC2's documentation example account.
+pub const BOOT_ACCOUNT_ID: &str = "123456789012";
+
+impl MetadataConfig {
+    /// What `amivm boot` serves: no instance record, so fixed ids ([`BOOT_INSTANCE_ID`]), the
+    /// given user data and token policy, no keys, the root drive as `/dev/vda`.
+    pub fn for_boot(user_data: Option<Vec<u8>>, http_tokens: HttpTokens) -> MetadataConfig {
+        MetadataConfig {
+            instance_id: BOOT_INSTANCE_ID.into(),
+            ami_id: "ami-boot".into(),
+            instance_type: BOOT_INSTANCE_TYPE.into(),
+            hostname: BOOT_INSTANCE_ID.into(),
+            local_ipv4: None,
+            mac: None,
+            region: BOOT_REGION.into(),
+            availability_zone: format!("{BOOT_REGION}a"),
+            account_id: BOOT_ACCOUNT_ID.into(),
+            public_keys: Vec::new(),
+            block_devices: vec![BlockDevice {
+                name: "root".into(),
+                device: "/dev/vda".into(),
+            }],
+            user_data,
+            http_tokens,
+            hop_limit: DEFAULT_HOP_LIMIT,
+            launch_time: "1970-01-01T00:00:00Z".into(),
+        }
+    }
+}

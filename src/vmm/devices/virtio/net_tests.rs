@@ -465,3 +465,92 @@ fn reset_stops_the_device_and_a_new_driver_can_start_over() {
     assert_eq!(r.dev.process_queues().tx.completed, 1);
     assert_eq!(r.peer_frame(), f);
 }
+
+/// The guest's address in the metadata tests (passt's default lease).
+const GUEST_IP: [u8; 4] = [10, 0, 2, 15];
+
+/// An ARP request from the guest for 169.254.169.254.
+fn arp_for_metadata() -> Vec<u8> {
+    let mut f = vec![0xffu8; 6];
+    f.extend_from_slice(&MAC);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&MAC);
+    f.extend_from_slice(&GUEST_IP);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&[169, 254, 169, 254]);
+    f
+}
+
+/// A TCP SYN from the guest (port 40000, sequence 1000) to 169.254.169.254:80, sent to
+/// `dst` (the service's MAC, as ARP said).
+fn syn_to_metadata(dst: &[u8]) -> Vec<u8> {
+    use crate::net::imds::frame::internet_checksum;
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1000u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02; // SYN
+    tcp[14..16].copy_from_slice(&8192u16.to_be_bytes());
+    let mut pseudo = GUEST_IP.to_vec();
+    pseudo.extend_from_slice(&[169, 254, 169, 254, 0, 6, 0, 20]);
+    pseudo.extend_from_slice(&tcp);
+    let c = internet_checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0];
+    ip.extend_from_slice(&GUEST_IP);
+    ip.extend_from_slice(&[169, 254, 169, 254]);
+    let c = internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&tcp);
+    f
+}
+
+#[test]
+fn the_metadata_endpoint_answers_arp_and_tcp_through_the_device() {
+    use crate::net::imds::{HttpTokens, MetadataConfig};
+    use crate::vmm::metadata::MetadataInterceptor;
+    let cfg = MetadataConfig::for_boot(None, HttpTokens::Optional);
+    let mut r = Rig::new(Some(Box::new(MetadataInterceptor::new(cfg, MAC))));
+    // ARP: who has 169.254.169.254? The answer comes back on the receive queue.
+    r.send(&arp_for_metadata());
+    let at = r.post_rx(2048);
+    let o = r.dev.process_queues();
+    assert_eq!((o.tx.completed, o.rx.completed), (1, 1));
+    let (_, used) = r.rx.pop_used().unwrap();
+    let arp = r.rx_frame(at, used);
+    assert_eq!(&arp[..6], &MAC, "to the guest");
+    assert_eq!(&arp[12..14], &[0x08, 0x06], "ARP");
+    assert_eq!(u16::from_be_bytes([arp[20], arp[21]]), 2, "a reply");
+    assert_eq!(&arp[28..32], &[169, 254, 169, 254], "for the service");
+    let service_mac = arp[22..28].to_vec();
+    // TCP: a SYN to port 80 gets a SYN-ACK acknowledging sequence 1001.
+    r.send(&syn_to_metadata(&service_mac));
+    let at = r.post_rx(2048);
+    let o = r.dev.process_queues();
+    assert_eq!((o.tx.completed, o.rx.completed), (1, 1));
+    let (_, used) = r.rx.pop_used().unwrap();
+    let f = r.rx_frame(at, used);
+    assert_eq!(&f[..6], &MAC);
+    assert_eq!(&f[6..12], &service_mac[..]);
+    assert_eq!(&f[12..14], &[0x08, 0x00], "IPv4");
+    let ip = &f[14..];
+    assert_eq!(ip[9], 6, "TCP");
+    assert_eq!(&ip[12..16], &[169, 254, 169, 254]);
+    assert_eq!(&ip[16..20], &GUEST_IP);
+    let tcp = &ip[usize::from(ip[0] & 0xf) * 4..];
+    assert_eq!(u16::from_be_bytes([tcp[0], tcp[1]]), 80);
+    assert_eq!(u16::from_be_bytes([tcp[2], tcp[3]]), 40000);
+    assert_eq!(tcp[13] & 0x12, 0x12, "SYN-ACK");
+    assert_eq!(u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]), 1001);
+    let s = r.dev.stats();
+    assert_eq!((s.tx_intercepted, s.tx_frames), (2, 0));
+    // Nothing reached the backend.
+    r.peer.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 1];
+    assert!(r.peer.read(&mut b).is_err());
+}
