@@ -84,16 +84,20 @@ fi
 # The AMI's devices are described to the guest in ACPI tables (Debian's kernel has no
 # virtio_mmio.device= command-line devices). With an amivm that lacks the flag, it registers without
 # it and says so.
-discovery=()
+create_opts=()
 if "$amivm" image create --help 2>/dev/null | grep -q -- '--device-discovery'; then
-    discovery=(--device-discovery acpi)
+    create_opts=(--device-discovery acpi)
 else
     log "warning: this amivm has no 'image create --device-discovery'; registering without it"
 fi
+# cloud-init makes the user `admin` (rootfs/etc/cloud/cloud.cfg.d/90-amivm.cfg): `amivm ssh` logs in as it.
+if "$amivm" image create --help 2>/dev/null | grep -q -- '--default-user'; then
+    create_opts+=(--default-user admin)
+fi
 
 log "registering '$name' ($recipe)"
-id=$("$amivm" image create --name "$name" --disk "$AMIVM_DEBIAN_DISK" ${discovery[@]+"${discovery[@]}"} \
-    --description "Debian 12 (bookworm) cloud kernel + systemd, from Debian packages (images/debian)" \
+id=$("$amivm" image create --name "$name" --disk "$AMIVM_DEBIAN_DISK" ${create_opts[@]+"${create_opts[@]}"} \
+    --description "Debian 12 (bookworm) cloud kernel, systemd, cloud-init, OpenSSH, from Debian packages (images/debian)" \
     --tag "amivm-debian-recipe=$recipe") || die "'$amivm image create --disk' failed"
 log "registered $name as $id"
 printf 'AMIVM_DEBIAN_IMAGE=%q\n' "$name"

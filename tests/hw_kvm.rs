@@ -221,3 +221,121 @@ fn debian_12_ami_boots_powers_off_and_stops_cleanly() {
     );
     assert_eq!(out.code, Some(0), "{}", out.describe());
 }
+
+/// The Debian 12 AMI on the network (issue 10, test 6): launched with a key pair, user data and
+/// port 22 published, cloud-init's EC2 data source configures it from amivm's metadata service
+/// (the user data runs, the key is installed for `admin`), and `amivm ssh` logs in and reads
+/// the instance id cloud-init recorded.
+#[test]
+fn debian_12_ami_takes_its_key_and_user_data_and_amivm_ssh_logs_in() {
+    const NAME: &str = "debian_12_ami_takes_its_key_and_user_data_and_amivm_ssh_logs_in";
+    if let Some(why) = no_hardware_kvm() {
+        return skip(NAME, &why);
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let disk = std::env::var_os("AMIVM_DEBIAN_DISK")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo.join(".cache/debian-image/disk.img"));
+    if !disk.exists() {
+        return skip(
+            NAME,
+            "no Debian 12 AMI disk: scripts/build-debian-image.sh --no-register builds it as root",
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let amivm = |args: &[&str], limit: u64| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_amivm"));
+        c.arg("--store").arg(&store).args(args);
+        c.env("HOME", tmp.path());
+        run_with_deadline(c, Duration::from_secs(limit))
+    };
+    let out = amivm(
+        &[
+            "image",
+            "create",
+            "--name",
+            "debian-12",
+            "--disk",
+            disk.to_str().unwrap(),
+        ],
+        300,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let key = tmp.path().join("mykey");
+    let out = amivm(
+        &[
+            "key-pair",
+            "create",
+            "mykey",
+            "--key-file",
+            key.to_str().unwrap(),
+        ],
+        30,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let user_data = tmp.path().join("init.sh");
+    std::fs::write(
+        &user_data,
+        "#!/bin/sh\necho from-user-data > /var/tmp/amivm-user-data\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let publish = format!("127.0.0.1:{port}:22");
+    let out = amivm(
+        &[
+            "run",
+            "debian-12",
+            "--detach",
+            "--key-name",
+            "mykey",
+            "--user-data",
+            user_data.to_str().unwrap(),
+            "--publish",
+            &publish,
+        ],
+        60,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let id = out.stdout.trim().to_string();
+    // cloud-init's final stage ends the first boot; then sshd has the instance's key.
+    let t0 = std::time::Instant::now();
+    loop {
+        let logs = amivm(&["logs", &id], 30);
+        if logs.stdout.contains("Cloud-init v.") && logs.stdout.contains("finished at") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "cloud-init never finished: {}",
+            logs.describe()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let ssh = |cmd: &str| {
+        amivm(
+            &[
+                "ssh",
+                &id,
+                "--",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=30",
+                cmd,
+            ],
+            90,
+        )
+    };
+    let out = ssh("cat /var/lib/cloud/data/instance-id");
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(out.stdout.trim(), id, "{}", out.describe());
+    let out = ssh("cat /var/tmp/amivm-user-data; id -un");
+    assert_eq!(out.stdout, "from-user-data\nadmin\n", "{}", out.describe());
+    let out = amivm(&["terminate", &id], 120);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+}

@@ -421,3 +421,17 @@ fn a_jailed_vm_that_cannot_be_built_fails_the_launch_cleanly() {
         );
     }
 }
+
+/// A jailed instance has its network card too: passt runs outside the jail, the VM process gets
+/// its end of the socketpair, and the guest gets a lease and reads its metadata.
+#[test]
+fn a_jailed_instance_is_on_the_network_and_reads_its_metadata() {
+    let env = Env::new();
+    let out = env.launch(&env.ami, &["--jail", "--append", "net=imds"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let id = instance_common::launched_id(&out);
+    let r = Report::from_run(&out);
+    assert!(r.get("net_error").is_none(), "{}", out.describe());
+    assert_eq!(r.str("imds_instance_id"), id, "{}", out.describe());
+    assert_eq!(env.instance(&id)["Network"], "user");
+}

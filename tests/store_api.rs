@@ -61,6 +61,7 @@ fn setup() -> (Env, Store, AccountId, amivm::store::Image, Vec<u8>) {
         tags: BTreeMap::new(),
         device_discovery: Default::default(),
         product_codes: Vec::new(),
+        default_user: None,
     };
     let image = store.create_image(&req, &NoProgress).unwrap();
     let bytes = std::fs::read(&disk).unwrap();

@@ -188,7 +188,9 @@ t0=$(now_ms)
 # - customize: the rest of the overlay, the console and banner units enabled, multi-user.target as
 #   the default, no gettys on virtual terminals (a micro-VM has only its serial console), the list
 #   of the initrd's files (lsinitramfs, in the chroot: the host needs no initramfs-tools) and of the
-#   installed packages.
+#   installed packages; systemd-networkd and systemd-resolved enabled (cloud-init renders the network
+#   for networkd); openssh-server's host keys removed, so that no two instances share them
+#   (cloud-init's ssh module makes new ones on each instance's first boot).
 export AMIVM_OVERLAY_TAR="$work/overlay.tar" AMIVM_WORK="$work" AMIVM_FSTAB="UUID=$ROOT_FS_UUID / ext4 defaults,errors=remount-ro 0 1"
 # shellcheck disable=SC2016 # $1 and the AMIVM_* variables are expanded by the hooks' shell
 mmdebstrap --mode=root --variant=minbase --include="$(
@@ -205,6 +207,8 @@ mmdebstrap --mode=root --variant=minbase --include="$(
     --customize-hook='cd "$1/etc" && rm -f initramfs-tools/modules.dpkg-dist resolv.conf && sed -i "/^force-confold$/d" dpkg/dpkg.cfg.d/99mmdebstrap && if ! [ -s dpkg/dpkg.cfg.d/99mmdebstrap ]; then rm dpkg/dpkg.cfg.d/99mmdebstrap; fi' \
     --customize-hook='chroot "$1" systemctl enable amivm-banner.service serial-getty@ttyS0.service' \
     --customize-hook='chroot "$1" systemctl set-default multi-user.target' \
+    --customize-hook='chroot "$1" systemctl enable systemd-networkd.service systemd-resolved.service' \
+    --customize-hook='rm -f "$1"/etc/ssh/ssh_host_*' \
     --customize-hook='chroot "$1" systemctl disable getty@tty1.service && chroot "$1" systemctl mask getty-static.service' \
     --customize-hook='chroot "$1" sh -c "lsinitramfs /boot/initrd.img-*" >"$AMIVM_WORK/initrd.list"' \
     --customize-hook='chroot "$1" dpkg-query -W -f "\${Package}=\${Version}\n" >"$AMIVM_WORK/packages.list"' \
@@ -244,6 +248,14 @@ for f in "$(basename "$kernel")" "$(basename "$initrd")"; do
 done
 [ "$(debugfs -R 'cat /etc/fstab' "$work/root.ext4" 2>/dev/null)" = "$AMIVM_FSTAB" ] ||
     die "/etc/fstab in the ext4 image is not '$AMIVM_FSTAB'"
+# cloud-init and sshd: installed, configured for amivm's metadata service, no baked host keys.
+for p in cloud-init openssh-server; do
+    grep -q "^$p=" "$work/packages.list" || die "package $p is not installed (packages.list)"
+done
+debugfs -R 'cat /etc/cloud/cloud.cfg.d/90-amivm.cfg' "$work/root.ext4" 2>/dev/null | grep -q '^datasource_list: \[ Ec2' ||
+    die "/etc/cloud/cloud.cfg.d/90-amivm.cfg is missing from the ext4 image"
+! debugfs -R 'ls /etc/ssh' "$work/root.ext4" 2>/dev/null | grep -q ssh_host_ ||
+    die "the ext4 image holds ssh host keys: every instance would share them"
 
 # The disk: a sparse file with a GPT holding the one root partition, the ext4 image copied in.
 truncate -s "${DISK_MIB}M" "$work/disk.img"

@@ -35,6 +35,10 @@ pub enum KeyPairCmd {
         /// The public key file (`id_ed25519.pub`: one `ssh-ed25519 AAAA...` line).
         #[arg(long, value_name = "FILE")]
         public_key: PathBuf,
+        /// Where the matching private key is, for `amivm ssh` (default: the public key's path
+        /// without `.pub`, when that file exists).
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
     },
     /// List the account's key pairs.
     Ls,
@@ -63,6 +67,7 @@ fn to_json(k: &KeyPair) -> serde_json::Value {
         "KeyFingerprint": k.key_fingerprint,
         "PublicKey": k.public_key,
         "CreateTime": k.create_time,
+        "PrivateKeyFile": k.private_key_file,
     })
 }
 
@@ -77,6 +82,26 @@ fn create_key_file(path: &Path) -> anyhow::Result<std::fs::File> {
     f.set_permissions(std::fs::Permissions::from_mode(PRIVATE_KEY_MODE))
         .with_context(|| format!("--key-file {}", path.display()))?;
     Ok(f)
+}
+
+/// Record where the private key of `k` is, for `amivm ssh`; only a hint, so a failure is a
+/// warning.
+fn remember_key_file(
+    store: &crate::store::Store,
+    caller: &crate::store::AccountId,
+    k: &KeyPair,
+    p: &Path,
+) {
+    let kept = std::fs::canonicalize(p)
+        .map_err(anyhow::Error::from)
+        .and_then(|abs| Ok(store.set_private_key_file(caller, &k.key_pair_id, &abs)?));
+    if let Err(e) = kept {
+        eprintln!(
+            "amivm: warning: could not record {} as {}'s private key for `amivm ssh`: {e}",
+            p.display(),
+            k.key_name
+        );
+    }
 }
 
 /// Read a public key file, at most [`MAX_PUBLIC_KEY_TEXT`] bytes (more is refused by the
@@ -117,6 +142,7 @@ pub fn run(cmd: KeyPairCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
                     let _ = store.delete_key_pair(&caller, &KeyPairRef::Id(k.key_pair_id.clone()));
                     return Err(e).with_context(|| format!("write {}", p.display()));
                 }
+                remember_key_file(&store, &caller, k, p);
                 if json {
                     print_json(&to_json(k))?;
                 } else {
@@ -135,9 +161,21 @@ pub fn run(cmd: KeyPairCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
                 );
             }
         }
-        KeyPairCmd::Import { name, public_key } => {
+        KeyPairCmd::Import {
+            name,
+            public_key,
+            key_file,
+        } => {
             let text = read_public_key(&public_key)?;
             let k = store.import_key_pair(&caller, &name, &text, BTreeMap::new())?;
+            let beside = public_key
+                .to_str()
+                .and_then(|s| s.strip_suffix(".pub"))
+                .map(PathBuf::from)
+                .filter(|p| p.is_file());
+            if let Some(p) = key_file.or(beside) {
+                remember_key_file(&store, &caller, &k, &p);
+            }
             if json {
                 print_json(&to_json(&k))?;
             } else {

@@ -5,6 +5,7 @@
 
 use super::dir::InstanceDir;
 use super::launch::{open_drives, vm_config, BootOptions};
+use super::network::network_device;
 use super::record::{self, Instance, ProcessInfo};
 use super::state::InstanceState;
 use super::{InstanceError, Result};
@@ -26,12 +27,18 @@ pub fn run(
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
     };
-    let vm = jail::spawn(|in_user_ns, rep| {
+    // passt runs here, outside the jail; the VM process gets its end of the socketpair.
+    let (net, passt) = match network_device(inst, dir) {
+        Ok(n) => n,
+        Err(e) => return Ok(Err(e)),
+    };
+    let vm = jail::spawn(move |in_user_ns, rep| {
         let mut config = config;
         if let Some(j) = &mut config.sandbox.jail {
             j.in_user_ns = in_user_ns;
         }
-        let built = open_drives(store, inst, dir).and_then(|d| Ok(Vmm::new(config, d)?));
+        let built =
+            open_drives(store, inst, dir).and_then(|d| Ok(Vmm::with_network(config, d, net)?));
         let mut vmm = match built {
             Ok(v) => v,
             Err(e) => {
@@ -64,10 +71,12 @@ pub fn run(
                 });
             }
             i.process = process;
+            i.network_process = passt.process_info();
             i.set_state(InstanceState::Running, "running")
         })
         .map(|_| ())
     })?;
+    drop(passt);
     Ok(match ending {
         Ending::Ended(exit) => Ok(exit),
         Ending::Failed(why) => Err(VmmError::Config(why).into()),

@@ -7,21 +7,18 @@
 
 use super::dir::{Access, InstanceDir};
 use super::lock::{process_start_ticks, RunLock};
+use super::network::network_device;
 use super::record::{self, generate_id, generate_volume_id, Instance, InstanceVolume, ProcessInfo};
 use super::state::{InstanceState, ShutdownBehavior};
 use super::types::InstanceType;
 use super::{InstanceError, Result};
-use crate::net::NetworkSpec;
 use crate::store::manifest::{device_index, now_rfc3339, DeviceDiscovery as ImageDiscovery, GIB};
 use crate::store::{AccountId, SnapshotView, Store};
 use crate::vmm::boot::{cmdline, BootProtocol};
 use crate::vmm::devices::virtio::BlockConfig;
 use crate::vmm::jail::JailConfig;
-use crate::vmm::metadata::MetadataInterceptor;
 use crate::vmm::sandbox::{FsPolicy, SandboxConfig};
-use crate::vmm::{
-    BlockDrive, ConsoleConfig, DeviceDiscovery, NetworkDevice, VmConfig, VmExit, Vmm,
-};
+use crate::vmm::{BlockDrive, ConsoleConfig, DeviceDiscovery, VmConfig, VmExit, Vmm};
 use crate::volume::CowOverlay;
 use regex::Regex;
 use std::path::PathBuf;
@@ -184,6 +181,7 @@ pub fn create(
         serial_log,
         volumes,
         process: None,
+        network_process: None,
         tags: Default::default(),
         key_name: key.as_ref().map(|k| k.key_name.clone()),
         public_key: key.map(|k| k.public_key),
@@ -307,45 +305,6 @@ pub fn vm_config(
     })
 }
 
-/// The file in the instance's directory that passt's own messages go to.
-pub const PASST_LOG: &str = "passt.log";
-
-/// Kills the child (passt) when the VM is gone; the sandbox allows kill(2), not wait4(2), and
-/// passt would end with us anyway (PR_SET_PDEATHSIG).
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-        }
-    }
-}
-
-/// The instance's network card (its recorded `--network`/`--publish`, the MAC from its id,
-/// the metadata service answering on it) and the passt process behind it; no card at all
-/// for `--network none`.
-fn network_device(
-    inst: &Instance,
-    dir: &InstanceDir,
-) -> Result<(Option<NetworkDevice>, KillOnDrop)> {
-    if inst.network == NetworkSpec::None {
-        return Ok((None, KillOnDrop(None)));
-    }
-    let log = dir.file_path(PASST_LOG)?;
-    let opened = crate::net::open::open(&inst.network, &inst.publish, Some(&log))?;
-    let mac = crate::net::mac_for_instance(&inst.instance_id);
-    let config = super::metadata::for_instance(inst)?;
-    Ok((
-        Some(NetworkDevice {
-            mac,
-            backend: opened.backend,
-            interceptor: Some(Box::new(MetadataInterceptor::new(config, mac))),
-        }),
-        KillOnDrop(opened.passt),
-    ))
-}
-
 /// What became of an instance after a run.
 #[derive(Debug)]
 pub struct BootOutcome {
@@ -391,12 +350,12 @@ pub fn boot(
     let exit = match built {
         Err(e) => Err(e),
         Ok((vmm, passt)) => {
-            let _passt = passt;
             record::update(store, id, |i| {
                 if i.state != InstanceState::Pending {
                     return Err(not_pending(i));
                 }
                 i.process = process;
+                i.network_process = passt.process_info();
                 i.set_state(InstanceState::Running, "running")
             })?;
             // The VM (and with it the volumes, which flush when dropped) is gone at the end
@@ -405,6 +364,7 @@ pub fn boot(
                 let mut vmm = vmm;
                 vmm.run()
             };
+            drop(passt);
             ended.map_err(InstanceError::from)
         }
     };
@@ -477,6 +437,7 @@ fn finish(
     let inst = record::update(store, id, |i| {
         let next = state_after(i.state, exit, i.shutdown_behavior, first_launch);
         i.process = None;
+        i.network_process = None;
         match next {
             InstanceState::Terminated => {
                 let why = if i.state == InstanceState::ShuttingDown {

@@ -204,6 +204,7 @@ pub fn stop(store: &Store, caller: &AccountId, id_or_name: &str, force: bool) ->
             i.state = InstanceState::Stopped;
             i.state_reason = format!("amivm process was killed at {}", now_rfc3339());
             i.process = None;
+            i.network_process = None;
         }
         Ok(())
     }) {

@@ -115,6 +115,10 @@ pub struct Instance {
     /// The process running it, while it is active.
     #[serde(default)]
     pub process: Option<ProcessInfo>,
+    /// passt's process while it runs with `--network user`: `ps` shows the network lost when it
+    /// is gone ([`Instance::network_lost`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_process: Option<ProcessInfo>,
     /// Tags (`amivm serve`: RunInstances' TagSpecifications, CreateTags, DeleteTags).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
@@ -128,6 +132,15 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Whether a running instance's network backend (passt) has gone: the guest runs on
+    /// without a network (the console log says so too).
+    pub fn network_lost(&self) -> bool {
+        self.state == InstanceState::Running
+            && self
+                .network_process
+                .is_some_and(|p| !same_process_alive(p.pid, p.start_ticks))
+    }
+
     /// What the record keeps alive in the store: the kernel and initrd, and the snapshots
     /// under volumes that still exist.
     pub fn refs(&self) -> StoreRefs {

@@ -54,6 +54,8 @@ pub struct DiskImageRequest {
     pub device_discovery: super::manifest::DeviceDiscovery,
     /// Marketplace product codes the owner attaches.
     pub product_codes: Vec<String>,
+    /// The user to log in as over SSH ([`super::login_user`]).
+    pub default_user: Option<String>,
 }
 
 impl DiskImageRequest {
@@ -67,6 +69,7 @@ impl DiskImageRequest {
             volumes: &self.volumes,
             device_discovery: self.device_discovery,
             product_codes: &self.product_codes,
+            default_user: self.default_user.as_deref(),
         }
     }
 }

@@ -167,6 +167,7 @@ mod tests {
             os_version: None,
             device_discovery: Default::default(),
             product_codes: Vec::new(),
+            default_user: None,
         }
     }
 

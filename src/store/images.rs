@@ -47,6 +47,8 @@ pub struct CreateImageRequest {
     pub device_discovery: manifest::DeviceDiscovery,
     /// Marketplace product codes the owner attaches ([`super::product_codes`]).
     pub product_codes: Vec<String>,
+    /// The user to log in as over SSH ([`super::login_user`]).
+    pub default_user: Option<String>,
 }
 
 /// What `deregister_image` did with the image's snapshots.
@@ -170,6 +172,9 @@ impl Store {
         manifest::validate_name(req.name)?;
         manifest::validate_tags(req.tags)?;
         super::product_codes::new_codes(req.owner, req.product_codes)?;
+        if let Some(u) = req.default_user {
+            super::login_user::validate_user_name(u)?;
+        }
         if let Some(size) = req.root_size.filter(|s| *s > MAX_VOLUME_BYTES) {
             return Err(StoreError::Invalid(format!(
                 "root size {size} bytes is more than the largest volume, {MAX_VOLUME_SIZE_GIB} GiB"
@@ -532,6 +537,7 @@ pub(super) struct NewImage<'a> {
     pub volumes: &'a [VolumeSpec],
     pub device_discovery: manifest::DeviceDiscovery,
     pub product_codes: &'a [String],
+    pub default_user: Option<&'a str>,
 }
 
 impl CreateImageRequest {
@@ -545,6 +551,7 @@ impl CreateImageRequest {
             volumes: &self.volumes,
             device_discovery: self.device_discovery,
             product_codes: &self.product_codes,
+            default_user: self.default_user.as_deref(),
         }
     }
 }
@@ -592,6 +599,7 @@ pub(super) fn new_image(
         // Checked by check_new_image before anything was staged.
         product_codes: super::product_codes::new_codes(req.owner, req.product_codes)
             .unwrap_or_default(),
+        default_user: req.default_user.map(str::to_string),
     }
 }
 

@@ -48,6 +48,11 @@ pub struct KeyPair {
     pub create_time: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Where this host keeps the private key, when amivm knows (`key-pair create --key-file`,
+    /// or the file beside an imported `.pub`): what `amivm ssh` passes as `-i`. A local hint,
+    /// never the key itself, not part of EC2's view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_file: Option<std::path::PathBuf>,
 }
 
 /// A key pair just created, with its private key (shown once, never stored).
@@ -166,6 +171,7 @@ impl Store {
             public_key: public.openssh,
             create_time: now_rfc3339(),
             tags,
+            private_key_file: None,
         };
         f.key_pairs.push(kp.clone());
         self.write_key_pairs(&f)?;
@@ -197,6 +203,31 @@ impl Store {
         validate_key_name(name)?;
         let public = ssh_keys::parse_public_key(public_key_text)?;
         self.add_key_pair(account, name, public, tags)
+    }
+
+    /// Record where this host keeps the private key of `account`'s key pair `id` (an absolute
+    /// path), for `amivm ssh`.
+    pub fn set_private_key_file(
+        &self,
+        account: &AccountId,
+        id: &KeyPairId,
+        path: &std::path::Path,
+    ) -> Result<()> {
+        if !path.is_absolute() {
+            return Err(StoreError::Invalid(format!(
+                "private key file {}: not an absolute path",
+                path.display()
+            )));
+        }
+        let _lock = self.lock()?;
+        let mut f = self.read_key_pairs()?;
+        let k = f
+            .key_pairs
+            .iter_mut()
+            .find(|k| k.account_id == *account && k.key_pair_id == *id)
+            .ok_or_else(|| key_not_found(id.as_str()))?;
+        k.private_key_file = Some(path.to_path_buf());
+        self.write_key_pairs(&f)
     }
 
     /// `account`'s key pairs, by name.

@@ -195,6 +195,10 @@ pub struct Image {
     /// Marketplace product codes ([`super::product_codes`]); absent from most manifests.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub product_codes: Vec<super::product_codes::ProductCode>,
+    /// The user to log in as over SSH (`amivm ssh`), when the image says (`admin` for the
+    /// Debian recipe); [`Image::login_user`] falls back on the distribution's usual one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_user: Option<String>,
 }
 
 impl Image {
@@ -203,6 +207,14 @@ impl Image {
         self.block_device_mappings
             .iter()
             .find(|m| m.device_name == self.root_device_name)
+    }
+
+    /// The user `amivm ssh` logs in as: the image's `DefaultUser`, else the user its
+    /// distribution's EC2 images create, if known.
+    pub fn login_user(&self) -> Option<&str> {
+        self.default_user
+            .as_deref()
+            .or_else(|| super::login_user::distribution_user(self.os_name.as_deref()?))
     }
 
     /// Every snapshot the image uses.
@@ -230,6 +242,9 @@ impl Image {
             )));
         }
         validate_name(&self.name).map_err(|e| bad(e.to_string()))?;
+        if let Some(u) = &self.default_user {
+            super::login_user::validate_user_name(u).map_err(|e| bad(e.to_string()))?;
+        }
         validate_description(&self.description).map_err(|e| bad(e.to_string()))?;
         validate_tags(&self.tags).map_err(|e| bad(e.to_string()))?;
         for (what, v) in [("OsName", &self.os_name), ("OsVersion", &self.os_version)] {

@@ -77,6 +77,7 @@ pub mod image_index;
 pub mod images;
 pub mod key_pairs;
 pub mod layout;
+pub mod login_user;
 pub mod manifest;
 pub mod product_codes;
 pub mod qcow2;

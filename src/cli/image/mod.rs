@@ -167,6 +167,10 @@ pub struct CreateArgs {
     /// make an image carrying it public.
     #[arg(long = "product-code", value_name = "CODE")]
     product_codes: Vec<String>,
+    /// The user `amivm ssh` logs in as (the image's DefaultUser attribute). Default: the user
+    /// the distribution's EC2 images create (admin on Debian, ubuntu on Ubuntu, ...).
+    #[arg(long, value_name = "USER")]
+    default_user: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -451,6 +455,7 @@ fn create(
             tags,
             device_discovery: discovery(DeviceDiscovery::Acpi),
             product_codes: a.product_codes,
+            default_user: a.default_user,
         };
         return Ok(store.create_image_from_disk(&req, &Bar::stderr())?);
     }
@@ -477,6 +482,7 @@ fn create(
         tags,
         device_discovery: discovery(DeviceDiscovery::Cmdline),
         product_codes: a.product_codes,
+        default_user: a.default_user,
     };
     // The rules `amivm boot` applies: an image that could never boot is refused here.
     let cmdline = req.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);

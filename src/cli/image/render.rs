@@ -133,6 +133,7 @@ pub fn image_details(
     kv("KernelCommandLine", img.kernel_command_line.clone());
     kv("DeviceDiscovery", img.device_discovery.as_str().to_string());
     kv("OS", os(img));
+    kv("DefaultUser", img.login_user().unwrap_or("-").to_string());
     kv(
         "SourceImageId",
         img.source_image_id

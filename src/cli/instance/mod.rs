@@ -3,6 +3,7 @@
 
 mod render;
 mod run;
+mod ssh;
 
 use super::output::{open_store as open, print_json, print_out};
 use super::{exit, GlobalOpts, OutputFormat};
@@ -59,6 +60,10 @@ pub enum InstanceCmd {
     /// Create an image (AMI) from an instance's volumes: incremental snapshots over the ones it
     /// was launched from (only chunks it wrote are stored).
     CreateImage(CreateImageArgs),
+    /// Log in to a running instance with the system ssh: through the host port published to its
+    /// port 22, with its key pair's private key, as its image's user. Exits with ssh's status
+    /// (125 if amivm cannot tell where to connect).
+    Ssh(ssh::SshArgs),
     /// List the instance types amivm knows (vCPUs and memory).
     InstanceTypes {
         /// Only this family (t3, m5, c5, ...).
@@ -188,6 +193,7 @@ pub fn run(cmd: InstanceCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
         InstanceCmd::Run(args) => run::run(args, g),
         InstanceCmd::Start(args) => run::start(args, g),
         InstanceCmd::RunInstance(args) => run::run_instance(args, g),
+        InstanceCmd::Ssh(args) => ssh::run(args, g),
         InstanceCmd::InstanceTypes { family } => {
             let all = types::all();
             let shown: Vec<_> = all

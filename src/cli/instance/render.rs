@@ -33,7 +33,7 @@ pub fn ps_table(list: &[Instance]) -> String {
                 i.key_name.clone().unwrap_or_else(|| "-".into()),
                 i.launch_time.clone(),
                 network_word(i),
-                i.state_reason.clone(),
+                reason(i),
             ]
         })
         .collect();
@@ -52,6 +52,18 @@ pub fn ps_table(list: &[Instance]) -> String {
         &rows,
     )
 }
+
+/// The REASON column: the state reason, and a lost network while the instance runs on.
+fn reason(i: &Instance) -> String {
+    if i.network_lost() {
+        format!("{}; {NETWORK_LOST}", i.state_reason)
+    } else {
+        i.state_reason.clone()
+    }
+}
+
+/// What `ps` says of a running instance whose passt has gone.
+pub const NETWORK_LOST: &str = "network lost: passt exited (see passt.log)";
 
 /// The NETWORK column: the mode and the forwards, one word (`user,8080:80/tcp`).
 fn network_word(i: &Instance) -> String {
@@ -89,6 +101,7 @@ pub fn json(i: &Instance, store: &Store) -> Value {
         "Network": i.network.to_string(),
         "Publish": i.publish.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "MacAddress": i.mac_address,
+        "NetworkLost": i.network_lost(),
         "UserDataBytes": i.user_data.as_deref().map(|d| {
             crate::instance::metadata::decode_user_data(d).map(|b| b.len()).unwrap_or(0)
         }),
