@@ -24,6 +24,9 @@ fn boto3_drives_images_and_instances_end_to_end() {
     assert_eq!(images[0]["ImageId"], server.env.ami.as_str());
     for i in server.env.ps() {
         assert_eq!(i["State"]["Name"], "terminated", "{i}");
+        // On the network `serve --network` gives (user: passt), with a MAC of its own.
+        assert_eq!(i["Network"], "user", "{i}");
+        assert!(i["MacAddress"].is_string(), "{i}");
     }
     let theirs = server
         .env

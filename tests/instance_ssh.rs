@@ -91,17 +91,39 @@ fn ssh_reaches_the_guest_with_the_key_pair_and_the_images_user() {
     ]);
     let (id, port) = listening_instance(&env, &ami, &["--key-name", "mykey"]);
 
-    let mut c = env.cmd_as(
-        OWNER,
-        &["ssh", &id, "--", "-v", "-o", "ConnectTimeout=30", "true"],
-    );
-    c.env("HOME", env.path(""));
-    let out = run_with_deadline(c, Duration::from_secs(90));
+    let ssh = |args: &[&str]| {
+        let mut all = vec!["ssh", id.as_str(), "--"];
+        all.extend_from_slice(args);
+        let mut c = env.cmd_as(OWNER, &all);
+        c.env("HOME", env.path(""));
+        run_with_deadline(c, Duration::from_secs(90))
+    };
+    // ssh -G: the configuration ssh would connect with, from ssh itself.
+    let out = ssh(&["-G"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let known = env.instance_dir(&id).join("known_hosts");
+    for line in [
+        "user admin".to_string(),
+        "hostname 127.0.0.1".into(),
+        format!("port {port}"),
+        format!("identityfile {}", key.display()),
+        "identitiesonly yes".into(),
+        format!("hostkeyalias {id}"),
+        format!("userknownhostsfile {}", known.display()),
+        "stricthostkeychecking accept-new".into(),
+    ] {
+        assert!(
+            out.stdout.lines().any(|l| l == line),
+            "{line}: {}",
+            out.stdout
+        );
+    }
+    let out = ssh(&["-v", "-o", "ConnectTimeout=30", "true"]);
     // ssh's own status: 255, the "server" closed the connection after its one line.
     assert_eq!(out.code, Some(255), "{}", out.describe());
     let err = &out.stderr;
     assert!(
-        err.contains(&format!("Authenticating to 127.0.0.1:{port} as 'admin'")),
+        err.contains(&format!("Connecting to 127.0.0.1 [127.0.0.1] port {port}")),
         "{err}"
     );
     assert!(

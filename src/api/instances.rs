@@ -177,8 +177,8 @@ pub fn run_instances(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
         append: append.filter(|a| !a.is_empty()),
         user_data,
         metadata_options,
-        // API instances have no network yet (passt per instance from the server: to come).
-        network: crate::net::NetworkSpec::None,
+        // `serve --network`: user (one passt per instance) unless the server was told none.
+        network: ctx.api.network.clone(),
         publish: Vec::new(),
         shutdown_behavior,
         remove_on_stop: false,

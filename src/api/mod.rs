@@ -73,6 +73,8 @@ pub struct Api {
     pub log_level: String,
     /// The background processes this server started.
     pub supervisor: supervisor::Supervisor,
+    /// The network RunInstances gives instances (`serve --network`).
+    pub network: crate::net::NetworkSpec,
 }
 
 impl Api {

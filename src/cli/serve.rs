@@ -21,6 +21,10 @@ pub struct ServeArgs {
     /// The region this server is: clients must sign for it (AWS_DEFAULT_REGION / --region).
     #[arg(long, default_value = DEFAULT_REGION)]
     pub region: String,
+    /// The network of the instances RunInstances launches: user (rootless, one passt per
+    /// instance; the default) or none. Each gets the metadata service on its card.
+    #[arg(long, value_name = "MODE", default_value = "user")]
+    pub network: crate::net::NetworkSpec,
 }
 
 pub fn run(args: ServeArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
@@ -43,6 +47,11 @@ pub fn run(args: ServeArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
             args.listen
         );
     }
+    if let crate::net::NetworkSpec::Tap(_) = args.network {
+        anyhow::bail!("--network tap:NAME cannot serve several instances: use user or none");
+    }
+    // passt missing: one line now, not at every RunInstances.
+    crate::net::open::check(&args.network, &[])?;
     let (store, _caller) = open_store(g)?;
     let keys = store.list_access_keys(None)?.len();
     let api = Api {
@@ -52,6 +61,7 @@ pub fn run(args: ServeArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         exe: std::env::current_exe().context("cannot find the amivm executable")?,
         log_level: g.log_level.as_str().to_string(),
         supervisor: Supervisor::default(),
+        network: args.network,
     };
     server::serve(api, args.listen, DEFAULT_LIMITS, |addr| {
         // The URL first on stdout (scripts and tests read it when the port was 0).
