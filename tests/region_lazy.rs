@@ -167,3 +167,65 @@ fn a_damaged_chunk_is_an_io_error_for_that_chunk_only_and_strangers_may_not_laun
         "the damaged chunk was not kept"
     );
 }
+
+/// `run --region --detach`: the instance runs in the background with its chunks fetched on
+/// first read; it keeps its region, so `start` reads through it again: chunks kept by the first
+/// run stay local, chunks first read now are fetched.
+#[test]
+fn a_detached_run_from_a_region_and_its_start_read_through_the_region() {
+    let moto = Moto::start();
+    let (_a, ami, disk) = pushed(&moto);
+    let b = Host::new(&moto);
+    let id = b
+        .ok(
+            Some(OWNER),
+            &[
+                "run",
+                &ami,
+                "--region",
+                REGION,
+                "--detach",
+                "--name",
+                "lazy",
+                "--timeout",
+                "60",
+                "--append",
+                "blk=read:0:8",
+            ],
+        )
+        .trim()
+        .to_string();
+    assert!(id.starts_with("i-"), "{id}");
+    let t0 = std::time::Instant::now();
+    let inst = loop {
+        let ps = b.json(Some(OWNER), &["ps", "--all"]);
+        let inst = ps.as_array().unwrap()[0].clone();
+        if inst["State"]["Name"] == "stopped" {
+            break inst;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "{inst}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(inst["Region"], REGION, "{inst}");
+    let r = Report::parse(&b.ok(Some(OWNER), &["logs", &id]));
+    assert_eq!(read_line(&r, 0), ("0".into(), Some(sum64(&disk[..4096]))));
+    let after_first = local_chunks(&b);
+    assert!((1..CHUNKS as usize).contains(&after_first), "{after_first}");
+
+    // The local chunk cache emptied: the same instance started again reads chunk 0 through
+    // its region (without it, the read would be an I/O error).
+    for f in store_common::files_under(&b.env.store.join("chunks")) {
+        std::fs::remove_file(f).unwrap();
+    }
+    let out = run_with_deadline(
+        b.cmd(
+            Some(OWNER),
+            &["start", "lazy", "--attach", "--timeout", "60"],
+        ),
+        Duration::from_secs(180),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let r = Report::from_run(&out);
+    assert_eq!(read_line(&r, 0), ("0".into(), Some(sum64(&disk[..4096]))));
+    assert!(local_chunks(&b) >= 1, "fetched again and kept");
+}

@@ -184,6 +184,7 @@ pub fn run_instances(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
         remove_on_stop: false,
         serial_log: None,
         key_name: p.get("KeyName").map(str::to_string),
+        region: None,
     };
     // Create every instance (pending, run locks held) before starting any, so a failure
     // leaves nothing behind.

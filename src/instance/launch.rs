@@ -58,6 +58,8 @@ pub struct LaunchRequest {
     pub serial_log: Option<PathBuf>,
     /// `--key-name`: a key pair of the caller's, whose public key the record keeps.
     pub key_name: Option<String>,
+    /// `--region`: the region whose chunks the volumes fetch on first read (kept for `start`).
+    pub region: Option<String>,
 }
 
 /// How to run the VM.
@@ -184,6 +186,7 @@ pub fn create(
         network_process: None,
         tags: Default::default(),
         key_name: key.as_ref().map(|k| k.key_name.clone()),
+        region: req.region.clone(),
         public_key: key.map(|k| k.public_key),
     };
     record::put(store, &inst).map_err(cleanup)?;

@@ -129,6 +129,10 @@ pub struct Instance {
     /// (as EC2 keeps serving it as the instance's `public-keys/0/openssh-key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// `run --region R`: its image lives in region R, whose chunks its volumes fetch when the
+    /// guest first reads them (and keep locally); every `start` opens R again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 impl Instance {

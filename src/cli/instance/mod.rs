@@ -130,8 +130,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub jail: crate::cli::jail::JailArgs,
     /// Boot an image of this region without downloading it: chunks are fetched (and kept
-    /// locally) when the guest first reads them. Foreground runs only.
-    #[arg(long, value_name = "R", conflicts_with = "detach")]
+    /// locally) when the guest first reads them; `start` fetches from it again.
+    #[arg(long, value_name = "R")]
     pub region: Option<String>,
 }
 

@@ -102,6 +102,7 @@ pub fn json(i: &Instance, store: &Store) -> Value {
         "Publish": i.publish.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "MacAddress": i.mac_address,
         "NetworkLost": i.network_lost(),
+        "Region": i.region,
         "UserDataBytes": i.user_data.as_deref().map(|d| {
             crate::instance::metadata::decode_user_data(d).map(|b| b.len()).unwrap_or(0)
         }),

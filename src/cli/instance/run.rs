@@ -46,20 +46,7 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         .transpose()?
         .unwrap_or_default();
     let (store, caller) = open(g)?;
-    let lazy = match args.region.as_deref() {
-        Some(r) => {
-            let region = store.open_region(r)?;
-            Some(Arc::new(LazyRegion::new(
-                store.layout(),
-                region.s3.clone(),
-            )?))
-        }
-        None => None,
-    };
-    let store = match &lazy {
-        Some(l) => Store::with_backend(store.dir(), l.clone())?,
-        None => store,
-    };
+    let (store, lazy) = with_region(store, args.region.as_deref())?;
     let req = LaunchRequest {
         image: args.ami.clone(),
         instance_type: itype.clone(),
@@ -73,6 +60,7 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         remove_on_stop: args.rm,
         serial_log: args.serial_log.clone(),
         key_name: args.key_name.clone(),
+        region: args.region.clone(),
     };
     let (inst, lock) = launch::create(&store, &caller, &req)?;
     if args.detach {
@@ -98,6 +86,17 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         );
     }
     code
+}
+
+/// The store to run an instance of `region` with: chunks missing locally are fetched from the
+/// region on first read (and kept); the local store itself without a region.
+fn with_region(store: Store, region: Option<&str>) -> anyhow::Result<(Store, Option<Arc<LazyRegion>>)> {
+    let Some(r) = region else {
+        return Ok((store, None));
+    };
+    let region = store.open_region(r)?;
+    let lazy = Arc::new(LazyRegion::new(store.layout(), region.s3.clone())?);
+    Ok((Store::with_backend(store.dir(), lazy.clone())?, Some(lazy)))
 }
 
 /// Run the instance here with the console on stdout.
@@ -139,6 +138,10 @@ pub fn start(args: StartArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
     let timeout = timeout_from(args.timeout)?;
     let expect = parse_expect(args.expect.as_deref())?;
     let (store, caller) = open(g)?;
+    // An instance of a region's image: the region opened first, so a region gone is one line
+    // and the instance stays stopped.
+    let region = record::resolve(&store, &caller, &args.instance)?.region;
+    let (store, _) = with_region(store, region.as_deref())?;
     let (inst, lock) = lifecycle::start(&store, &caller, &args.instance)?;
     if args.attach {
         eprintln!("amivm: starting {}", inst.instance_id);
@@ -202,6 +205,7 @@ pub fn run_instance(args: RunInstanceArgs, g: &GlobalOpts) -> anyhow::Result<i32
     let (store, caller) = open(g)?;
     let inst = record::load(&store, &caller, &args.instance)?;
     let lock = RunLock::adopt(args.lock_fd, &inst.dir(&store)?)?;
+    let (store, _) = with_region(store, inst.region.as_deref())?;
     let opts = BootOptions {
         timeout,
         expect,
