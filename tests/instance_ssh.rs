@@ -234,3 +234,31 @@ fn an_instance_whose_passt_dies_runs_on_and_ps_says_so() {
     let out = env.run(&["terminate", "--force", &id]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
 }
+
+/// The key `amivm ssh` logs in with is the one the guest gets: the test guest reads
+/// `public-keys/0/openssh-key` from the metadata service with an IMDSv2 token and finds the key
+/// pair's public key (what cloud-init installs for the default user).
+#[test]
+fn the_guest_reads_its_key_pairs_public_key_from_the_metadata_service() {
+    let env = Env::new();
+    env.ok(&[
+        "key-pair",
+        "create",
+        "k",
+        "--key-file",
+        env.path("k").to_str().unwrap(),
+    ]);
+    let keys: serde_json::Value =
+        serde_json::from_str(&env.ok(&["key-pair", "ls", "--output", "json"])).unwrap();
+    let public = keys[0]["PublicKey"].as_str().unwrap().trim().to_string();
+    assert!(public.starts_with("ssh-ed25519 "), "{public}");
+    let out = env.launch(&env.ami, &["--key-name", "k", "--append", "net=imds"]);
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let r = common::Report::from_run(&out);
+    assert_eq!(
+        r.str("imds_openssh_key").trim(),
+        public,
+        "{}",
+        out.describe()
+    );
+}

@@ -90,7 +90,10 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
 
 /// The store to run an instance of `region` with: chunks missing locally are fetched from the
 /// region on first read (and kept); the local store itself without a region.
-fn with_region(store: Store, region: Option<&str>) -> anyhow::Result<(Store, Option<Arc<LazyRegion>>)> {
+fn with_region(
+    store: Store,
+    region: Option<&str>,
+) -> anyhow::Result<(Store, Option<Arc<LazyRegion>>)> {
     let Some(r) = region else {
         return Ok((store, None));
     };
