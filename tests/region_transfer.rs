@@ -217,3 +217,85 @@ fn a_push_cut_short_leaves_no_image_and_the_next_push_completes() {
         volume_hash(&a.env, Some(OWNER), &snap)
     );
 }
+
+/// `image copy` between two regions in one bucket (two prefixes) is a server-side copy: the
+/// chunks reach the target prefix (as the AWS CLI lists them) while almost no bytes go from this
+/// host to the server (counted by a proxy in front of it), and the copy pulls back whole.
+#[test]
+fn a_copy_between_regions_of_one_bucket_stays_on_the_server() {
+    let moto = Moto::start();
+    let proxy = Proxy::start(moto.port);
+    let a = Host::new(&moto);
+    for (name, prefix) in [("east", "east"), ("west", "west")] {
+        a.ok(
+            None,
+            &[
+                "region",
+                "add",
+                name,
+                &format!("s3://{}/{prefix}", region_common::BUCKET),
+                "--endpoint",
+                &proxy.url,
+                "--path-style",
+            ],
+        );
+    }
+    let ami = image(&a, "web", DATA);
+    a.ok(Some(OWNER), &["image", "push", &ami, "--region", "east"]);
+    let pushed = proxy.request_bytes();
+    assert!(
+        pushed > 5 * CHUNK,
+        "the push sent the chunks: {pushed} bytes"
+    );
+    let copy = a
+        .ok(
+            Some(OWNER),
+            &[
+                "image",
+                "copy",
+                &ami,
+                "--source-region",
+                "east",
+                "--region",
+                "west",
+                "--name",
+                "web-west",
+            ],
+        )
+        .trim()
+        .to_string();
+    let sent = proxy.request_bytes() - pushed;
+    eprintln!("copy: {sent} request bytes for 5 chunks of {CHUNK} bytes");
+    assert!(
+        sent < CHUNK,
+        "server-side: only requests went out ({sent} bytes)"
+    );
+    let keys = moto.keys();
+    let west = keys
+        .iter()
+        .filter(|k| k.starts_with("west/chunks/"))
+        .count();
+    assert_eq!(west, 5, "{keys:?}");
+    // Another host pulls the copy from the target region: every hash checks.
+    let b = Host::new(&moto);
+    b.ok(
+        None,
+        &[
+            "region",
+            "add",
+            "west",
+            &format!("s3://{}/west", region_common::BUCKET),
+            "--endpoint",
+            &moto.url,
+            "--path-style",
+        ],
+    );
+    let r = b.json(Some(OWNER), &["image", "pull", &copy, "--region", "west"]);
+    assert_eq!(r["ChunksFetched"], 5, "{r}");
+    let snap = root_snapshot(&a.env, Some(OWNER), &ami);
+    let copied = root_snapshot(&b.env, Some(OWNER), &copy);
+    assert_eq!(
+        volume_hash(&b.env, Some(OWNER), &copied),
+        volume_hash(&a.env, Some(OWNER), &snap)
+    );
+}

@@ -218,6 +218,8 @@ pub struct Proxy {
     cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Cut by itself once this many request bytes went through.
     limit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Request bytes (client to server) that went through.
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
 }
 
@@ -231,7 +233,7 @@ impl Proxy {
         let limit = Arc::new(AtomicU64::new(u64::MAX));
         let sent = Arc::new(AtomicU64::new(0));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
-        let (c2, l2, k2) = (cut.clone(), limit.clone(), conns.clone());
+        let (c2, l2, k2, s2) = (cut.clone(), limit.clone(), conns.clone(), sent.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -249,7 +251,7 @@ impl Proxy {
                 }
                 let pump = |mut from: TcpStream, mut to: TcpStream, count: bool| {
                     let (cut, limit, sent, conns) =
-                        (c2.clone(), l2.clone(), sent.clone(), k2.clone());
+                        (c2.clone(), l2.clone(), s2.clone(), k2.clone());
                     std::thread::spawn(move || {
                         use std::io::{Read, Write};
                         let mut buf = vec![0u8; 64 * 1024];
@@ -288,6 +290,7 @@ impl Proxy {
             url: format!("http://127.0.0.1:{port}"),
             cut,
             limit,
+            sent,
             conns,
         }
     }
@@ -295,6 +298,11 @@ impl Proxy {
     /// Cut once `bytes` request bytes in all went through it.
     pub fn cut_after(&self, bytes: u64) {
         self.limit.store(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Request bytes that went through so far.
+    pub fn request_bytes(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Serve again.

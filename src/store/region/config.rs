@@ -48,6 +48,15 @@ fn default_signing_region() -> String {
 }
 
 impl RegionSpec {
+    /// Whether `other` is a region in the same bucket of the same service (another prefix, or
+    /// the same): objects can then be copied server side (S3 CopyObject) instead of through
+    /// this host.
+    pub fn same_bucket(&self, other: &RegionSpec) -> bool {
+        self.bucket == other.bucket
+            && self.endpoint == other.endpoint
+            && self.signing_region == other.signing_region
+    }
+
     /// A region from the words of `region add`.
     pub fn new(
         name: &str,

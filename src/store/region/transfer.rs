@@ -42,7 +42,9 @@ pub const PART_SIZE: usize = 8 << 20;
 pub enum UploadSource {
     /// A local file (an object of the local store).
     File(PathBuf),
-    /// An object of another region, fetched and checked against its hash first.
+    /// An object of another region: copied server side when both regions are in one bucket
+    /// ([`super::config::RegionSpec::same_bucket`]), else fetched, checked against its hash and
+    /// uploaded.
     Region {
         from: Arc<S3Dir>,
         ns: ObjectNs,
@@ -93,6 +95,15 @@ pub fn upload_all(
                 }
                 let up = match &item.source {
                     UploadSource::File(path) => upload_file(&s3, &item.key, path).await,
+                    UploadSource::Region { from, ns, hash } if from.spec().same_bucket(&spec) => {
+                        // Same bucket: CopyObject, the bytes never leave the service.
+                        let key = from.object_key(*ns, hash);
+                        let copied = async {
+                            let size = s3.head(&key).await?.size;
+                            s3.copy(&key, &item.key).await.map(|()| size)
+                        };
+                        copied.await.map_err(UpErr::Remote)
+                    }
                     UploadSource::Region { from, ns, hash } => {
                         let key = from.object_key(*ns, hash);
                         match get_verified(&from.client(), from.spec(), key, *hash, *ns).await {
