@@ -32,6 +32,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ImageCmd {
     /// Create an image from a kernel and a root volume (raw, qcow2 or directory), or from a
     /// whole disk with its own kernel (--disk).

@@ -91,6 +91,12 @@ pub struct LazyRegion {
     in_flight: Arc<Mutex<HashSet<ContentHash>>>,
     /// Chunks fetched from the region (read or read ahead).
     fetched: Arc<AtomicU64>,
+    /// Manifests read from the region by this process (by `collection/id`), read once: a launch
+    /// reads an image's snapshot manifests several times (checks, volumes, the record's
+    /// references), each a round trip otherwise.
+    docs: Mutex<HashMap<String, Option<Vec<u8>>>>,
+    /// Objects the region was seen to hold (content-addressed: they never change).
+    present: Mutex<HashSet<(ObjectNs, ContentHash)>>,
 }
 
 impl std::fmt::Debug for LazyRegion {
@@ -112,6 +118,8 @@ impl LazyRegion {
             next: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Mutex::new(HashSet::new())),
             fetched: Arc::new(AtomicU64::new(0)),
+            docs: Mutex::new(HashMap::new()),
+            present: Mutex::new(HashSet::new()),
         })
     }
 
@@ -254,6 +262,11 @@ impl ObjectReader for InMemory {
     }
 }
 
+/// A memo's lock; a panic elsewhere leaves only a memo behind, still usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Manifests come from the region when the local store lacks them.
 fn remote_docs(c: &Collection) -> bool {
     matches!(c, Collection::Images | Collection::Snapshots)
@@ -272,9 +285,18 @@ impl ObjectStore for LazyRegion {
         if self.local.object_exists(ns, hash)? {
             return Ok(true);
         }
+        if lock(&self.present).contains(&(ns, *hash)) {
+            return Ok(true);
+        }
         let (remote, h) = (self.remote.clone(), *hash);
-        self.worker
-            .run("region: HEAD", move || remote.object_exists(ns, &h))
+        log::debug!("region: HEAD {ns:?} {h}");
+        let there = self
+            .worker
+            .run("region: HEAD", move || remote.object_exists(ns, &h))?;
+        if there {
+            lock(&self.present).insert((ns, *hash));
+        }
+        Ok(there)
     }
 
     fn open_object(&self, ns: ObjectNs, hash: &ContentHash) -> Result<Box<dyn ObjectReader>> {
@@ -294,6 +316,7 @@ impl ObjectStore for LazyRegion {
         }
         // Kernels and initrds: needed whole before the VM starts, kept in the region's cache.
         let (remote, h) = (self.remote.clone(), *hash);
+        log::debug!("region: GET {ns:?} {h}");
         self.worker
             .run("region: GET", move || remote.object_path(ns, &h))
     }
@@ -314,10 +337,16 @@ impl ObjectStore for LazyRegion {
         match self.local.get_doc(collection, id)? {
             Some(d) => Ok(Some(d)),
             None if remote_docs(collection) => {
+                let memo = format!("{collection:?}/{id}");
+                if let Some(doc) = lock(&self.docs).get(&memo) {
+                    return Ok(doc.clone());
+                }
                 let (remote, c, i) = (self.remote.clone(), collection.clone(), id.to_string());
+                log::debug!("region: GET {c:?} {i}");
                 let doc = self
                     .worker
                     .run("region: GET", move || remote.get_doc(&c, &i))?;
+                lock(&self.docs).insert(memo, doc.clone());
                 if let (Collection::Snapshots, Some(bytes)) = (collection, &doc) {
                     if let Ok(s) = serde_json::from_slice::<Snapshot>(bytes) {
                         self.learn(&s);
@@ -333,6 +362,7 @@ impl ObjectStore for LazyRegion {
         let mut ids = self.local.list_docs(collection)?;
         if remote_docs(collection) {
             let (remote, c) = (self.remote.clone(), collection.clone());
+            log::debug!("region: LIST {c:?}");
             ids.extend(
                 self.worker
                     .run("region: LIST", move || remote.list_docs(&c))?,
