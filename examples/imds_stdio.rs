@@ -5,7 +5,8 @@
 //! instance's metadata: the same tree and the same HTTP and token handling
 //! (`amivm::net::imds::service`); only the TCP/IP stack is QEMU's, not amivm's smoltcp one.
 //!
-//! Usage: imds_stdio STORE ACCOUNT INSTANCE-ID   (one request from stdin, its answer on stdout)
+//! Usage: [IMDS_STDIO_LOG=FILE] imds_stdio STORE ACCOUNT INSTANCE-ID   (one request from stdin,
+//! its answer on stdout; a line per request appended to FILE)
 //!
 //! Every run uses the same token key and clock (Unix time), so a token one run issued is
 //! accepted by the next, as by the one endpoint of a real instance. A check tool only: the key
@@ -22,6 +23,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const MAX_REQUEST: usize = 16 * 1024;
 /// The token key of every run (see the module comment).
 const CHECK_KEY: [u8; 32] = [0x5a; 32];
+
+/// One line to the file `IMDS_STDIO_LOG` names, if any (stderr would reach the guest: QEMU
+/// gives the command the connection as stdin, stdout and stderr).
+fn log(line: &str) {
+    if let Some(path) = std::env::var_os("IMDS_STDIO_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,9 +63,12 @@ fn main() -> anyhow::Result<()> {
             Parse::Incomplete => break http::Response::error(http::Status::HeaderTooLarge),
             Parse::Bad(status) => break http::Response::error(status),
             Parse::Done(req) => {
-                let guest = Guest { ipv4: None, mac: None };
+                let guest = Guest {
+                    ipv4: None,
+                    mac: None,
+                };
                 let r = service::handle(&config, &key, &req, now, guest).response;
-                eprintln!("imds_stdio: {} {} -> {:?}", req.method, req.path, r.status);
+                log(&format!("{} {} -> {:?}", req.method, req.path, r.status));
                 break r;
             }
         }

@@ -64,7 +64,7 @@ timeout "$timeout" qemu-system-x86_64 -M microvm,acpi=on -accel tcg -cpu max -sm
     -kernel "$AMIVM_DEBIAN_IMAGE_KERNEL" -initrd "$AMIVM_DEBIAN_IMAGE_INITRD" \
     -append "$AMIVM_DEBIAN_IMAGE_CMDLINE tsc_early_khz=$khz" \
     -device virtio-blk-device,drive=d0 -drive "id=d0,file=$AMIVM_DEBIAN_DISK,format=raw,if=none,snapshot=on" \
-    -netdev "user,id=n0,net=$NET,host=$HOST,dns=$DNS,dhcpstart=$DHCP_START,hostfwd=tcp:127.0.0.1:$port-:22,guestfwd=tcp:169.254.169.254:80-cmd:$imds $work/store $ACCOUNT $id" \
+    -netdev "user,id=n0,net=$NET,host=$HOST,dns=$DNS,dhcpstart=$DHCP_START,hostfwd=tcp:127.0.0.1:$port-:22,guestfwd=tcp:169.254.169.254:80-cmd:env IMDS_STDIO_LOG=$work/imds.log $imds $work/store $ACCOUNT $id" \
     -device "virtio-net-device,netdev=n0,mac=$mac" </dev/null >"$work/qemu.log" 2>&1 &
 qpid=$!
 start=$(now_ms)
@@ -77,7 +77,8 @@ until grep -q 'Cloud-init v\. .* finished at' "$console" 2>/dev/null; do
     sleep 5
 done
 log "cloud-init finished after $(since "$start")"
-grep -E 'Cloud-init v\.|ci-info: .*(eth0|ens|enp)|imds_stdio' "$console" "$work/qemu.log" >&2 || true
+grep -E 'Cloud-init v\.' "$console" >&2 || true
+log "metadata requests answered: $(wc -l <"$work/imds.log"): $(sort "$work/imds.log" | uniq -c | sort -rn | head -12 | tr -s ' ' | tr '\n' ';')"
 out=$(ssh -i "$work/key" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
     -o ConnectTimeout=60 -p "$port" admin@127.0.0.1 \
     'cat /var/lib/cloud/data/instance-id; cat /var/tmp/amivm-user-data; hostname' 2>"$work/ssh.log") || {
