@@ -78,6 +78,7 @@ pub mod images;
 pub mod key_pairs;
 pub mod layout;
 pub mod manifest;
+pub mod pipeline;
 pub mod product_codes;
 pub mod qcow2;
 pub mod records;
