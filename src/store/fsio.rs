@@ -172,23 +172,36 @@ pub const FSYNC_THREADS: usize = 32;
 
 /// fsync every file or directory in `paths`, on up to [`FSYNC_THREADS`] threads.
 pub fn fsync_all(paths: &[PathBuf]) -> Result<()> {
-    if paths.is_empty() {
+    parallel_each(paths, |p| {
+        let f = File::open(p).map_err(|e| StoreError::io("open", p, e))?;
+        f.sync_all().map_err(|e| StoreError::io("fsync", p, e))
+    })
+}
+
+/// Run `f` on every item, on up to [`FSYNC_THREADS`] threads (work that mostly waits for the
+/// disk, such as fsync). Stops taking new items after the first error, and returns it.
+pub fn parallel_each<T: Sync>(items: &[T], f: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
+    if items.is_empty() {
         return Ok(());
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = FSYNC_THREADS.min(paths.len());
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let threads = FSYNC_THREADS.min(items.len());
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| -> Result<()> {
-                    loop {
+                    while !failed.load(std::sync::atomic::Ordering::Relaxed) {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(p) = paths.get(i) else {
+                        let Some(item) = items.get(i) else {
                             return Ok(());
                         };
-                        let f = File::open(p).map_err(|e| StoreError::io("open", p, e))?;
-                        f.sync_all().map_err(|e| StoreError::io("fsync", p, e))?;
+                        if let Err(e) = f(item) {
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return Err(e);
+                        }
                     }
+                    Ok(())
                 })
             })
             .collect();
@@ -196,7 +209,7 @@ pub fn fsync_all(paths: &[PathBuf]) -> Result<()> {
             .into_iter()
             .map(|w| {
                 w.join()
-                    .unwrap_or_else(|_| Err(StoreError::Invalid("an fsync thread panicked".into())))
+                    .unwrap_or_else(|_| Err(StoreError::Invalid("a worker thread panicked".into())))
             })
             .collect::<Result<Vec<()>>>()
             .map(|_| ())
