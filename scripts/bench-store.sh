@@ -11,7 +11,8 @@
 #
 # Environment: AMIVM (default: target/release/amivm, built when older than the sources; AMIVM_BIN is
 # read too), BENCH_DIR (where the scratch directory goes, default $TMPDIR or /tmp: put it on the file
-# system under test), SIZE_MIB (2048), DATA_PERCENT (10).
+# system under test; it needs about RUNS + 1 times the data, 1.2 GiB by default), SIZE_MIB (2048),
+# DATA_PERCENT (10).
 set -euo pipefail
 # shellcheck source=lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -80,7 +81,9 @@ for run in $(seq 1 "$RUNS"); do
     store_size=$after
     printf '   run %d: create %.3f s, cp %.3f s, cp+sync %.3f s, copy %.1f ms, 2nd create %.3f s, growth %d KiB\n' \
         "$run" "${create_t[-1]}" "${cp_t[-1]}" "${cpsync_t[-1]}" "${copy_t[-1]}" "${second_t[-1]}" "${growth[-1]}"
-    rm -rf "$S"
+    # The stores stay until the end: deleting ~600 files here would slow the next run's file
+    # creations (ext4 skips inodes deleted in the last seconds: recently_deleted()), a cost of
+    # this script, not of image create.
 done
 
 m_create=$(printf '%s\n' "${create_t[@]}" | median)
