@@ -21,13 +21,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The test guest (tests/guest) as the AMI's kernel: it boots and leaves at once. Flags as in
-# tests/common/mod.rs (GUEST_CFLAGS).
-gcc -ffreestanding -nostdlib -mgeneral-regs-only -mno-red-zone -fno-pic -no-pie -static -O2 \
-    -fno-stack-protector -fcf-protection=none -fno-asynchronous-unwind-tables \
-    -fno-tree-loop-distribute-patterns -fno-delete-null-pointer-checks -Wno-array-bounds \
-    -Wl,--build-id=none -Wl,-z,noexecstack -Wl,-z,max-page-size=0x1000 \
-    -T "$AMIVM_ROOT/tests/guest/guest.ld" -o "$work/guest.elf" "$AMIVM_ROOT"/tests/guest/*.c "$AMIVM_ROOT/tests/guest/entry.S"
+# The test guest (tests/guest) as the AMI's kernel: it boots and leaves at once.
+build_test_guest "$work/guest.elf"
 truncate -s 8M "$work/root.raw"
 a=(--store "$work/store" --account 111111111111)
 ami=$("$amivm" "${a[@]}" image create --name bench-ami --kernel "$work/guest.elf" --root "$work/root.raw")

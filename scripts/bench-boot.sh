@@ -20,12 +20,7 @@ floor=$target/release/examples/kvm_floor
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 guest=$work/guest.elf
-# The same flags as tests/common/mod.rs (GUEST_CFLAGS).
-gcc -ffreestanding -nostdlib -mgeneral-regs-only -mno-red-zone -fno-pic -no-pie -static -O2 \
-    -fno-stack-protector -fcf-protection=none -fno-asynchronous-unwind-tables \
-    -fno-tree-loop-distribute-patterns -fno-delete-null-pointer-checks -Wl,--build-id=none \
-    -Wl,-z,noexecstack -Wl,-z,max-page-size=0x1000 -T tests/guest/guest.ld -o "$guest" \
-    tests/guest/*.c tests/guest/*.S
+build_test_guest "$guest"
 append="console=ttyS0 exit_code=0"
 
 # run NAME CMD...: one run; appends "wall_ms rss_kib" to $work/NAME.

@@ -49,13 +49,9 @@ trap cleanup EXIT
 export AMIVM_HOME=$work/store
 unset AMIVM_ACCOUNT
 
-# The test guest (tests/guest), built with the flags of tests/common/mod.rs (GUEST_CFLAGS).
+# The test guest (tests/guest), built as the tests build it.
 guest=$work/guest.elf
-gcc -ffreestanding -nostdlib -mgeneral-regs-only -mno-red-zone -fno-pic -no-pie -static -O2 \
-    -fno-stack-protector -fcf-protection=none -fno-asynchronous-unwind-tables \
-    -fno-tree-loop-distribute-patterns -fno-delete-null-pointer-checks -Wl,--build-id=none \
-    -Wl,-z,noexecstack -Wl,-z,max-page-size=0x1000 -T "$AMIVM_ROOT/tests/guest/guest.ld" -o "$guest" \
-    "$AMIVM_ROOT"/tests/guest/*.c "$AMIVM_ROOT"/tests/guest/*.S || die "building the test guest failed"
+build_test_guest "$guest"
 
 # usec: microseconds since the epoch, without a subprocess.
 usec() { echo "${EPOCHREALTIME/./}"; }

@@ -165,6 +165,22 @@ ensure_rust() {
     . "$HOME/.cargo/env"
 }
 
+# The test guest's gcc flags: the same as GUEST_CFLAGS in tests/common/mod.rs (freestanding, integer-only code
+# that KVM's instruction emulator runs, linked by tests/guest/guest.ld at 1 MiB). Keep the two lists alike.
+AMIVM_GUEST_CFLAGS=(-ffreestanding -nostdlib -mgeneral-regs-only -mno-red-zone -fno-pic -no-pie -static -O2
+    -fno-stack-protector -fcf-protection=none -fno-asynchronous-unwind-tables
+    -fno-tree-loop-distribute-patterns -fno-delete-null-pointer-checks -Wall -Wextra -Wno-array-bounds
+    -Wl,--build-id=none -Wl,-z,noexecstack -Wl,-z,max-page-size=0x1000)
+
+# build_test_guest OUT: builds the tiny test guest (tests/guest/*.c and *.S) into the ELF file OUT, as the
+# tests do; a real x86-64 ELF kernel that boots and leaves at once (exit_code= on its command line).
+build_test_guest() {
+    local out=$1 dir=$AMIVM_ROOT/tests/guest
+    command -v gcc >/dev/null 2>&1 || die "gcc is missing (apt-get install gcc): it builds the test guest"
+    gcc "${AMIVM_GUEST_CFLAGS[@]}" -T "$dir/guest.ld" -o "$out" "$dir"/*.c "$dir"/*.S ||
+        die "building the test guest (tests/guest) failed"
+}
+
 # amivm_bin: prints the amivm binary to use: $AMIVM when set, else the release build in target/,
 # built (installing Rust if needed) when it is missing or older than the sources.
 amivm_bin() {

@@ -12,16 +12,12 @@ use super::manifest::now_rfc3339;
 use super::Store;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
 /// The file holding every access key, in the store directory.
 pub const ACCESS_KEYS_FILE: &str = "access-keys.json";
 /// Version of the file's format.
 const FILE_VERSION: u32 = 1;
-/// Owner read/write only: the file holds secrets.
-const FILE_MODE: u32 = 0o600;
 /// AWS long-term access key ids: `AKIA` and 16 characters of the RFC 4648 base32 alphabet
 /// (IAM User Guide, "Understanding unique ID prefixes").
 pub const KEY_ID_PREFIX: &str = "AKIA";
@@ -68,49 +64,19 @@ impl Store {
     }
 
     fn read_access_keys(&self) -> Result<KeysFile> {
-        let path = self.access_keys_path();
-        match fsio::read_optional(&path)? {
-            None => Ok(KeysFile {
-                version: FILE_VERSION,
-                access_keys: Vec::new(),
-            }),
-            Some(b) => {
-                let f: KeysFile = serde_json::from_slice(&b)
-                    .map_err(|e| StoreError::corrupt(path.display().to_string(), e.to_string()))?;
-                if f.version != FILE_VERSION {
-                    return Err(StoreError::corrupt(
-                        path.display().to_string(),
-                        format!("version {} (this amivm reads {FILE_VERSION})", f.version),
-                    ));
-                }
-                Ok(f)
-            }
-        }
+        Ok(
+            fsio::read_versioned_json(&self.access_keys_path(), FILE_VERSION)?.unwrap_or(
+                KeysFile {
+                    version: FILE_VERSION,
+                    access_keys: Vec::new(),
+                },
+            ),
+        )
     }
 
-    /// Replace the keys file (caller holds the store lock): a 0600 temporary file, fsynced,
-    /// renamed over the old one.
+    /// Replace the keys file (caller holds the store lock): mode 0600, atomically.
     fn write_access_keys(&self, f: &KeysFile) -> Result<()> {
-        let dest = self.access_keys_path();
-        let tmp = self.layout().tmp().join(fsio::temp_name("access-keys"));
-        let bytes = super::txn::to_json(f)?;
-        let res = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(FILE_MODE)
-                .open(&tmp)?;
-            // The umask can only take bits away; set the mode exactly anyway.
-            file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &dest)
-        })();
-        if let Err(e) = res {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(fsio::not_writable_or_io("write", &dest, e));
-        }
-        fsio::fsync_dir(self.dir())
+        fsio::write_private_json(&self.layout().tmp(), &self.access_keys_path(), f)
     }
 
     /// A new access key for `account`; the returned value holds the secret.
@@ -187,7 +153,8 @@ mod tests {
         let mode = std::fs::metadata(dir.path().join(ACCESS_KEYS_FILE))
             .unwrap()
             .mode();
-        assert_eq!(mode & 0o777, FILE_MODE);
+        // Owner read/write only: the file holds secrets.
+        assert_eq!(mode & 0o777, fsio::PRIVATE_FILE_MODE);
         assert_eq!(store.list_access_keys(Some(&a)).unwrap(), vec![ka.clone()]);
         assert_eq!(store.list_access_keys(None).unwrap().len(), 2);
         assert_eq!(

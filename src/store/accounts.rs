@@ -49,19 +49,12 @@ impl Store {
             version: CONFIG_VERSION,
             account_id: AccountId::generate(),
         };
-        let bytes = super::txn::to_json(&cfg)?;
-        fsio::write_atomic(&self.layout().tmp(), &path, &bytes)?;
+        fsio::write_private_json(&self.layout().tmp(), &path, &cfg)?;
         Ok(cfg.account_id)
     }
 
     fn read_config(&self) -> Result<Option<StoreConfig>> {
-        let path = self.layout().config();
-        match fsio::read_optional(&path)? {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| StoreError::corrupt(path.display().to_string(), e.to_string())),
-        }
+        fsio::read_versioned_json(&self.layout().config(), CONFIG_VERSION)
     }
 
     /// The caller's account: `explicit` (from `--account`), else `$AMIVM_ACCOUNT`, else the

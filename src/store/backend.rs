@@ -286,24 +286,36 @@ impl ObjectStore for LocalDir {
             return Ok(());
         }
         // The data must be durable before it gets its final name: a chunk that exists under
-        // its hash is trusted forever after (dedup never re-reads it).
-        let files: Vec<PathBuf> = staged.iter().map(|s| s.2.clone()).collect();
-        fsio::fsync_all(&files)?;
-        let mut dirs = std::collections::BTreeSet::new();
-        for (ns, hash, path) in staged {
-            let dest = self.obj(*ns, hash);
+        // its hash is trusted forever after (dedup never re-reads it). Each file is renamed
+        // as soon as its own fsync returns, so the renames overlap the other files' fsyncs.
+        let dirs = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        fsio::parallel_each(staged, |(ns, hash, path)| {
+            let f = File::open(path).map_err(|e| StoreError::io("open", path, e))?;
+            f.sync_all().map_err(|e| StoreError::io("fsync", path, e))?;
+            drop(f);
             if self.object_exists(*ns, hash)? {
                 fsio::remove_if_exists(path)?;
-                continue;
+                return Ok(());
             }
+            let dest = self.obj(*ns, hash);
             if let Some(parent) = dest.parent() {
-                if dirs.insert(parent.to_path_buf()) && !parent.exists() {
+                let created = !parent.exists();
+                if created {
                     fsio::mkdirs(parent)?;
+                }
+                let mut dirs = dirs
+                    .lock()
+                    .map_err(|_| StoreError::Invalid("a commit thread panicked".into()))?;
+                dirs.insert(parent.to_path_buf());
+                if created {
                     dirs.insert(self.layout.dir(ns.dir()));
                 }
             }
-            std::fs::rename(path, &dest).map_err(|e| StoreError::io("rename into", &dest, e))?;
-        }
+            std::fs::rename(path, &dest).map_err(|e| StoreError::io("rename into", &dest, e))
+        })?;
+        let dirs = dirs
+            .into_inner()
+            .map_err(|_| StoreError::Invalid("a commit thread panicked".into()))?;
         fsio::fsync_all(&dirs.into_iter().collect::<Vec<_>>())
     }
 

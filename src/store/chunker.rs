@@ -4,6 +4,7 @@
 use super::error::{Result, StoreError};
 use super::ids::ContentHash;
 use super::manifest::{MAX_VOLUME_BYTES, MAX_VOLUME_SIZE_GIB};
+use super::pipeline;
 use super::qcow2::Qcow2Image;
 use super::snapshot::{chunk_len, ChunkEntry, CHUNK_SIZE, SECTOR_SIZE};
 use super::txn::Txn;
@@ -215,69 +216,74 @@ pub enum ChunkPlan<'p> {
 }
 
 /// Read a source's chunks, store the non-zero ones in `txn`, and return the chunk list.
+/// Chunks are hashed on all cores ([`pipeline::hasher_count`]); see [`super::pipeline`].
 pub fn chunk_volume(
     txn: &mut Txn<'_>,
     src: &mut dyn ChunkSource,
     plan: ChunkPlan<'_>,
     progress: &dyn Progress,
 ) -> Result<Vec<ChunkEntry>> {
+    chunk_volume_with(txn, src, plan, progress, pipeline::hasher_count())
+}
+
+/// [`chunk_volume`] with `hashers` hashing threads.
+pub fn chunk_volume_with(
+    txn: &mut Txn<'_>,
+    src: &mut dyn ChunkSource,
+    plan: ChunkPlan<'_>,
+    progress: &dyn Progress,
+    hashers: usize,
+) -> Result<Vec<ChunkEntry>> {
     let size = src.size();
     let count = size.div_ceil(CHUNK_SIZE);
-    let mut buf = vec![0u8; CHUNK_SIZE as usize];
-    let mut read_one =
-        |txn: &mut Txn<'_>, src: &mut dyn ChunkSource, i: u64| -> Result<Option<ChunkEntry>> {
-            let len = chunk_len(size, i) as usize;
-            let b = &mut buf[..len];
-            if !src.read_chunk(i, b)? || is_zero(b) {
-                return Ok(None);
-            }
-            let hash = ContentHash::of(b);
-            txn.put_chunk(&hash, b)?;
-            Ok(Some(ChunkEntry(i, hash)))
-        };
-    let mut out = Vec::new();
-    match plan {
+    let out = match plan {
         ChunkPlan::All => {
             progress.start("hashing", size);
             // Visit only the chunks the source says may hold data; count the skipped ones
             // as done.
             let mut i = 0;
-            while let Some(next) = src.next_data(i)? {
-                let next = next.max(i);
-                if next >= count {
-                    break;
-                }
-                progress.advance((next - i) * CHUNK_SIZE);
-                out.extend(read_one(txn, src, next)?);
-                progress.advance(chunk_len(size, next));
+            let found = pipeline::run(txn, src, hashers, |src| {
+                let Some(next) = src.next_data(i)?.map(|n| n.max(i)).filter(|n| *n < count) else {
+                    return Ok(None);
+                };
+                // Chunk `next` is read now; those before it were skipped.
+                progress.advance((next - i) * CHUNK_SIZE + chunk_len(size, next));
                 i = next + 1;
-            }
+                Ok(Some(next))
+            })?;
             progress.advance(size.saturating_sub(i.saturating_mul(CHUNK_SIZE)));
+            found
+                .into_iter()
+                .filter_map(|(i, h)| h.map(|h| ChunkEntry(i, h)))
+                .collect()
         }
         ChunkPlan::Only { parent, dirty } => {
             let mut dirty: Vec<u64> = dirty.iter().copied().filter(|i| *i < count).collect();
             dirty.sort_unstable();
             dirty.dedup();
             progress.start("hashing changed chunks", dirty.len() as u64 * CHUNK_SIZE);
-            let mut fresh = std::collections::BTreeMap::new();
-            for &i in &dirty {
-                fresh.insert(i, read_one(txn, src, i)?);
-                progress.advance(CHUNK_SIZE);
-            }
+            let mut todo = dirty.iter().copied();
+            let fresh = pipeline::run(txn, src, hashers, |_| {
+                let next = todo.next();
+                if next.is_some() {
+                    progress.advance(CHUNK_SIZE);
+                }
+                Ok(next)
+            })?;
             let mut merged: std::collections::BTreeMap<u64, ContentHash> = parent
                 .iter()
                 .filter(|c| c.0 < count)
                 .map(|c| (c.0, c.1))
                 .collect();
-            for (i, e) in fresh {
-                match e {
-                    Some(e) => merged.insert(i, e.1),
+            for (i, h) in fresh {
+                match h {
+                    Some(h) => merged.insert(i, h),
                     None => merged.remove(&i),
                 };
             }
-            out = merged.into_iter().map(|(i, h)| ChunkEntry(i, h)).collect();
+            merged.into_iter().map(|(i, h)| ChunkEntry(i, h)).collect()
         }
-    }
+    };
     progress.finish();
     Ok(out)
 }

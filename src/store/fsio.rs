@@ -2,6 +2,8 @@
 //! private modes of everything the store creates.
 
 use super::error::{Result, StoreError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -170,23 +172,36 @@ pub const FSYNC_THREADS: usize = 32;
 
 /// fsync every file or directory in `paths`, on up to [`FSYNC_THREADS`] threads.
 pub fn fsync_all(paths: &[PathBuf]) -> Result<()> {
-    if paths.is_empty() {
+    parallel_each(paths, |p| {
+        let f = File::open(p).map_err(|e| StoreError::io("open", p, e))?;
+        f.sync_all().map_err(|e| StoreError::io("fsync", p, e))
+    })
+}
+
+/// Run `f` on every item, on up to [`FSYNC_THREADS`] threads (work that mostly waits for the
+/// disk, such as fsync). Stops taking new items after the first error, and returns it.
+pub fn parallel_each<T: Sync>(items: &[T], f: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
+    if items.is_empty() {
         return Ok(());
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = FSYNC_THREADS.min(paths.len());
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let threads = FSYNC_THREADS.min(items.len());
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| -> Result<()> {
-                    loop {
+                    while !failed.load(std::sync::atomic::Ordering::Relaxed) {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(p) = paths.get(i) else {
+                        let Some(item) = items.get(i) else {
                             return Ok(());
                         };
-                        let f = File::open(p).map_err(|e| StoreError::io("open", p, e))?;
-                        f.sync_all().map_err(|e| StoreError::io("fsync", p, e))?;
+                        if let Err(e) = f(item) {
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                            return Err(e);
+                        }
                     }
+                    Ok(())
                 })
             })
             .collect();
@@ -194,7 +209,7 @@ pub fn fsync_all(paths: &[PathBuf]) -> Result<()> {
             .into_iter()
             .map(|w| {
                 w.join()
-                    .unwrap_or_else(|_| Err(StoreError::Invalid("an fsync thread panicked".into())))
+                    .unwrap_or_else(|_| Err(StoreError::Invalid("a worker thread panicked".into())))
             })
             .collect::<Result<Vec<()>>>()
             .map(|_| ())
@@ -225,7 +240,8 @@ pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Write `bytes` to a new fsynced file in `tmp_dir`; returns its path.
+/// Write `bytes` to a new fsynced file in `tmp_dir`, mode exactly [`PRIVATE_FILE_MODE`]
+/// whatever the umask; returns its path.
 pub fn write_temp(tmp_dir: &Path, prefix: &str, bytes: &[u8]) -> Result<PathBuf> {
     let tmp = tmp_dir.join(temp_name(prefix));
     let res = (|| {
@@ -234,6 +250,8 @@ pub fn write_temp(tmp_dir: &Path, prefix: &str, bytes: &[u8]) -> Result<PathBuf>
             .create_new(true)
             .mode(PRIVATE_FILE_MODE)
             .open(&tmp)?;
+        // The umask can only take bits away; set the mode exactly anyway.
+        f.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))?;
         f.write_all(bytes)?;
         f.sync_all()
     })();
@@ -242,6 +260,50 @@ pub fn write_temp(tmp_dir: &Path, prefix: &str, bytes: &[u8]) -> Result<PathBuf>
         return Err(not_writable_or_io("write", &tmp, e));
     }
     Ok(tmp)
+}
+
+/// Pretty JSON with a trailing newline: how the store writes every JSON file.
+pub fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    let mut b =
+        serde_json::to_vec_pretty(v).map_err(|e| StoreError::Invalid(format!("JSON: {e}")))?;
+    b.push(b'\n');
+    Ok(b)
+}
+
+/// The format version of a versioned store file (`{"Version": N, ...}`); absent reads as 0.
+#[derive(Deserialize)]
+struct VersionField {
+    #[serde(rename = "Version", default)]
+    version: u32,
+}
+
+/// Read a versioned JSON file of the store's (`access-keys.json`, `key-pairs.json`,
+/// `regions.json`, `config.json`): `None` when it does not exist. A file that is not JSON, is
+/// of another format version than `version`, or does not parse as `T` is corrupt. The version
+/// is checked before the rest, so a newer amivm's file is reported as such, not as a parse
+/// error.
+pub fn read_versioned_json<T: DeserializeOwned>(path: &Path, version: u32) -> Result<Option<T>> {
+    let Some(bytes) = read_optional(path)? else {
+        return Ok(None);
+    };
+    let corrupt = |why: String| StoreError::corrupt(path.display().to_string(), why);
+    let found: VersionField = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if found.version != version {
+        return Err(corrupt(format!(
+            "version {} (this amivm reads {version})",
+            found.version
+        )));
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| corrupt(e.to_string()))
+}
+
+/// Replace `dest` with `value` as JSON ([`to_json`]), atomically and durably, mode exactly
+/// [`PRIVATE_FILE_MODE`] (see [`write_atomic`]). Callers that read, change and write hold the
+/// store lock.
+pub fn write_private_json<T: Serialize>(tmp_dir: &Path, dest: &Path, value: &T) -> Result<()> {
+    write_atomic(tmp_dir, dest, &to_json(value)?)
 }
 
 /// Read a whole file, or `None` if it does not exist.
@@ -287,6 +349,46 @@ mod tests {
             .unwrap()
             .is_some());
         fsync_all(&[dest.clone(), dir.path().to_path_buf()]).unwrap();
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Versioned {
+        version: u32,
+        names: Vec<String>,
+    }
+
+    #[test]
+    fn versioned_json_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v.json");
+        assert_eq!(read_versioned_json::<Versioned>(&p, 1).unwrap(), None);
+        let v = Versioned {
+            version: 1,
+            names: vec!["a".into()],
+        };
+        write_private_json(dir.path(), &p, &v).unwrap();
+        assert_eq!(read_versioned_json::<Versioned>(&p, 1).unwrap(), Some(v));
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, PRIVATE_FILE_MODE);
+        // Only the file is left: the temporary one was renamed.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // Another version is named as such, even when the rest would not parse.
+        std::fs::write(&p, br#"{"Version": 2, "Names": {"new": "shape"}}"#).unwrap();
+        let e = read_versioned_json::<Versioned>(&p, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 2 (this amivm reads 1)"), "{e}");
+        std::fs::write(&p, br#"{"Names": []}"#).unwrap();
+        let e = read_versioned_json::<Versioned>(&p, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("version 0"), "{e}");
+        for bad in [&b"{not json"[..], br#"{"Version": 1, "Names": 7}"#, b""] {
+            std::fs::write(&p, bad).unwrap();
+            let e = read_versioned_json::<Versioned>(&p, 1).unwrap_err();
+            assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
+        }
     }
 
     #[test]

@@ -15,16 +15,12 @@ use super::ssh_keys::{self, KeyType, PublicKeyInfo};
 use super::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
 /// The file holding every key pair, in the store directory.
 pub const KEY_PAIRS_FILE: &str = "key-pairs.json";
 /// Version of the file's format.
 const FILE_VERSION: u32 = 1;
-/// Owner read/write only, like the access keys (the file says which keys open which instances).
-const FILE_MODE: u32 = 0o600;
 /// EC2: "Constraints: Up to 255 ASCII characters" (API Reference, CreateKeyPair `KeyName`).
 pub const MAX_KEY_NAME_LEN: usize = 255;
 /// EC2's quota: "You can have up to 5,000 key pairs per Region" (EC2 User Guide, "Amazon EC2
@@ -91,46 +87,19 @@ impl Store {
     }
 
     fn read_key_pairs(&self) -> Result<KeyPairsFile> {
-        let path = self.key_pairs_path();
-        let Some(b) = fsio::read_optional(&path)? else {
-            return Ok(KeyPairsFile {
-                version: FILE_VERSION,
-                key_pairs: Vec::new(),
-            });
-        };
-        let f: KeyPairsFile = serde_json::from_slice(&b)
-            .map_err(|e| StoreError::corrupt(path.display().to_string(), e.to_string()))?;
-        if f.version != FILE_VERSION {
-            return Err(StoreError::corrupt(
-                path.display().to_string(),
-                format!("version {} (this amivm reads {FILE_VERSION})", f.version),
-            ));
-        }
-        Ok(f)
+        Ok(
+            fsio::read_versioned_json(&self.key_pairs_path(), FILE_VERSION)?.unwrap_or(
+                KeyPairsFile {
+                    version: FILE_VERSION,
+                    key_pairs: Vec::new(),
+                },
+            ),
+        )
     }
 
-    /// Replace the file (caller holds the store lock): a 0600 temporary file, fsynced, renamed
-    /// over the old one.
+    /// Replace the file (caller holds the store lock): mode 0600, atomically.
     fn write_key_pairs(&self, f: &KeyPairsFile) -> Result<()> {
-        let dest = self.key_pairs_path();
-        let tmp = self.layout().tmp().join(fsio::temp_name("key-pairs"));
-        let bytes = super::txn::to_json(f)?;
-        let res = (|| {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(FILE_MODE)
-                .open(&tmp)?;
-            file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, &dest)
-        })();
-        if let Err(e) = res {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(fsio::not_writable_or_io("write", &dest, e));
-        }
-        fsio::fsync_dir(self.dir())
+        fsio::write_private_json(&self.layout().tmp(), &self.key_pairs_path(), f)
     }
 
     /// Add a key pair for `account` under the lock, refusing a taken name or a full quota.
@@ -345,9 +314,13 @@ mod tests {
             store.key_pair(&b, "k2"),
             Err(StoreError::NotFound(_))
         ));
-        // The file is private and holds no private key.
+        // The file is private (owner read/write only, like the access keys: it says which
+        // keys open which instances) and holds no private key.
         let path = dir.path().join(KEY_PAIRS_FILE);
-        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, FILE_MODE);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().mode() & 0o777,
+            fsio::PRIVATE_FILE_MODE
+        );
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("PRIVATE"), "{text}");
         // Deleting by id or name; the other account's key stays.

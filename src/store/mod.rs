@@ -79,6 +79,7 @@ pub mod key_pairs;
 pub mod layout;
 pub mod login_user;
 pub mod manifest;
+pub mod pipeline;
 pub mod product_codes;
 pub mod qcow2;
 pub mod records;

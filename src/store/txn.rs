@@ -9,6 +9,8 @@
 
 use super::backend::{Collection, DocOp, ObjectNs};
 use super::error::{Result, StoreError};
+/// Pretty JSON with a trailing newline (kept here for the callers that stage documents).
+pub use super::fsio::to_json;
 use super::fsio::{self, FileLock, LockMode};
 use super::ids::{ContentHash, ImageId, SnapshotId};
 use super::manifest::{BlobRef, Image};
@@ -209,12 +211,4 @@ impl Drop for Txn<'_> {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Pretty JSON with a trailing newline.
-pub fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
-    let mut b =
-        serde_json::to_vec_pretty(v).map_err(|e| StoreError::Invalid(format!("JSON: {e}")))?;
-    b.push(b'\n');
-    Ok(b)
 }

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use report::{expected_usable_ram, sum64, Expect, MemEntry, Report};
 
 /// gcc flags for the guest: freestanding, integer-only code that KVM's instruction emulator
-/// runs (no SSE, no `endbr64`, no stack protector), linked by `guest.ld` at 1 MiB.
+/// runs (no SSE, no `endbr64`, no stack protector), linked by `guest.ld` at 1 MiB. The
+/// benchmark scripts build the same guest with the same flags (`AMIVM_GUEST_CFLAGS` in
+/// scripts/lib/common.sh): keep the two lists alike.
 const GUEST_CFLAGS: &[&str] = &[
     "-ffreestanding",
     "-nostdlib",

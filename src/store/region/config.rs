@@ -179,13 +179,11 @@ impl Store {
 
     /// The regions this store knows, by name.
     pub fn regions(&self) -> Result<Vec<RegionSpec>> {
-        let path = self.regions_path();
-        match fsio::read_optional(&path)? {
-            None => Ok(Vec::new()),
-            Some(b) => serde_json::from_slice::<RegionsFile>(&b)
+        Ok(
+            fsio::read_versioned_json::<RegionsFile>(&self.regions_path(), REGIONS_VERSION)?
                 .map(|f| f.regions)
-                .map_err(|e| StoreError::corrupt(path.display().to_string(), e.to_string())),
-        }
+                .unwrap_or_default(),
+        )
     }
 
     /// One region by name.
@@ -240,8 +238,7 @@ impl Store {
             version: REGIONS_VERSION,
             regions,
         };
-        let bytes = crate::store::txn::to_json(&file)?;
-        fsio::write_atomic(&self.layout().tmp(), &self.regions_path(), &bytes)
+        fsio::write_private_json(&self.layout().tmp(), &self.regions_path(), &file)
     }
 }
 
