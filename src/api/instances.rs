@@ -19,6 +19,7 @@ use crate::instance::{lifecycle, record, tags, types, Instance, InstanceState, S
 use base64::Engine as _;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
 
 /// Most instances one RunInstances starts: EC2's long-standing default On-Demand limit of 20
 /// instances per region.
@@ -281,11 +282,14 @@ fn instance_matches(
 
 /// The caller's instances selected by `InstanceId.N` (each must exist) and `Filter.N`,
 /// sorted by id.
-fn select(ctx: &Ctx, extra: impl Fn(&Instance) -> bool) -> Result<Vec<Instance>, ApiError> {
+fn select(ctx: &Ctx, extra: impl Fn(&Instance) -> bool) -> Result<Vec<Arc<Instance>>, ApiError> {
     let p = ctx.params;
     let ids = p.list("InstanceId")?;
     let filters = p.filters()?;
-    let all = record::list(&ctx.api.store, &ctx.caller)
+    let all = ctx
+        .api
+        .instances
+        .list(&ctx.api.store, &ctx.caller)
         .map_err(|e| from_instance(e, Resource::Instance))?;
     for id in &ids {
         if !record::looks_like_id(id) {
@@ -337,7 +341,7 @@ pub fn describe_instances(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
     let (insts, next) = page(insts, |i| i.instance_id.as_str(), p.get("NextToken"), max)?;
     let zone = ctx.api.zone();
     x.list("reservationSet", &insts, |x, i| {
-        render_reservation(x, &ctx.caller, std::slice::from_ref(i), &zone)
+        render_reservation(x, &ctx.caller, std::slice::from_ref(&**i), &zone)
     });
     x.leaf_opt("nextToken", next.as_deref());
     Ok(())

@@ -73,6 +73,8 @@ pub struct Api {
     pub log_level: String,
     /// The background processes this server started.
     pub supervisor: supervisor::Supervisor,
+    /// The instance records in memory (DescribeInstances, DescribeTags).
+    pub instances: crate::instance::index::InstanceIndex,
 }
 
 impl Api {
