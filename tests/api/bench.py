@@ -6,7 +6,9 @@ Each call is measured twice, one request at a time on one keep-alive connection:
   request, sends it, and parses the XML into Python objects (most of a 100-item answer's time
   goes to that parsing, the same work whichever server answered);
 - "http": the same request, signed (SigV4, outside the timed part), sent with http.client and
-  its answer read whole but not parsed: the server's part plus the loopback HTTP exchange.
+  its answer read whole but not parsed: the server's part plus the loopback HTTP exchange;
+- "parse": botocore parsing that same answer alone (median of PARSE_RUNS), the client's own
+  share of "boto3".
 The goal (>= 10x moto's requests/s, p99 < 50 ms) is judged on "http", the server's own share;
 "boto3" is printed next to it.
 
@@ -25,6 +27,7 @@ import urllib.parse
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from botocore.parsers import create_parser
 
 from ec2env import *
 
@@ -82,6 +85,22 @@ def populate(ec2, ami, moto):
             break
         time.sleep(1)
     print(f"instances: {dict(states)}", file=sys.stderr, flush=True)
+
+
+# botocore parses of one answer timed for the "parse" column (median taken).
+PARSE_RUNS = 3
+
+
+def parse_ms(ec2, action, body):
+    """Median time botocore takes to parse `body` as `action`'s answer, in ms."""
+    shape = ec2.meta.service_model.operation_model(action).output_shape
+    parser = create_parser("ec2")
+    times = []
+    for _ in range(PARSE_RUNS):
+        t = time.perf_counter()
+        parser.parse({"body": body, "headers": {}, "status_code": 200}, shape)
+        times.append((time.perf_counter() - t) * 1000)
+    return round(statistics.median(times), 2)
 
 
 # The goal, from issue 12.
@@ -182,6 +201,7 @@ for name, endpoint, ami in [("amivm", ENDPOINT, AMI), ("moto", os.environ["MOTO_
         raw_items = raw.last.count(element)
         if raw_items != items:
             sys.exit(f"{name}: {case}: the raw answer holds {raw_items} items, boto3 parsed {items}")
+        r["parse_ms"] = parse_ms(ec2, params["Action"], raw.last)
         results[name][case] = r
         print(f"{name}: {case}: {r}", file=sys.stderr, flush=True)
 
@@ -195,6 +215,8 @@ for k in results["amivm"]:
         print(f"{k:41s} {c:6s} {a[c]['p50_ms']:8.2f} /{a[c]['p99_ms']:8.2f} {a[c]['req_s']:8.1f} | "
               f"{m[c]['p50_ms']:9.2f} /{m[c]['p99_ms']:9.2f} {m[c]['req_s']:7.2f} | "
               f"{ratio:5.1f}x  {a['items']}/{m['items']}")
+    print(f"{k:41s} {'parse':6s} {a['parse_ms']:8.2f} {'':17s} | {m['parse_ms']:9.2f} {'':19s} | "
+          f"(botocore parsing the answer: part of boto3)")
     h = a["http"]
     ok = h["req_s"] / m["http"]["req_s"] >= GOAL_RATIO and h["p99_ms"] < GOAL_P99_MS
     met &= ok
