@@ -20,6 +20,7 @@ pub mod dispatch;
 pub mod errors;
 pub mod form;
 pub mod images;
+pub mod instance_select;
 pub mod instance_xml;
 pub mod instances;
 pub mod key_pairs;
