@@ -9,7 +9,8 @@
 use super::dispatch::Ctx;
 use super::errors::{self, from_instance, from_store, ApiError, Resource};
 use super::images::{ec2_time, image_id, instance_error};
-use super::instance_xml::{render_reservation, render_state, reservation_id, state_code};
+use super::instance_select::{max_results, select};
+use super::instance_xml::{render_reservation, render_state};
 use super::params::{page, Params};
 use super::xml::Xml;
 use crate::instance::detach::DetachOptions;
@@ -27,8 +28,6 @@ pub const MAX_INSTANCES_PER_REQUEST: i64 = 20;
 pub const MAX_USER_DATA: usize = 16 * 1024;
 /// GetConsoleOutput returns the most recent 64 KiB (EC2 API Reference, GetConsoleOutput).
 pub const CONSOLE_OUTPUT_BYTES: u64 = 64 * 1024;
-/// DescribeInstances' and DescribeInstanceStatus' MaxResults range (EC2 API Reference).
-const MAX_RESULTS: (i64, i64) = (5, 1000);
 /// The stack of the threads that stop, terminate or reboot an instance.
 const ACTION_STACK: usize = 256 * 1024;
 
@@ -244,93 +243,6 @@ pub fn run_instances(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Filters DescribeInstances and DescribeInstanceStatus understand.
-fn instance_matches(
-    i: &Instance,
-    name: &str,
-    values: &[String],
-    zone: &str,
-) -> Result<bool, ApiError> {
-    let any = |t: &str| {
-        values
-            .iter()
-            .any(|v| crate::store::filter::glob_match(v, t))
-    };
-    Ok(match name {
-        "instance-id" => any(&i.instance_id),
-        "instance-state-name" => any(i.state.as_str()),
-        "instance-state-code" => any(&state_code(i.state).to_string()),
-        "image-id" => any(i.image.image_id.as_str()),
-        "instance-type" => any(&i.instance_type),
-        "owner-id" => any(i.owner_id.as_str()),
-        "availability-zone" => any(zone),
-        "architecture" => any(i.image.architecture.as_str()),
-        "root-device-type" => any("ebs"),
-        "launch-time" => any(&ec2_time(&i.launch_time)),
-        "reservation-id" => any(&reservation_id(&i.instance_id)),
-        "tag-key" => i.tags.keys().any(|k| any(k)),
-        other => match other.strip_prefix("tag:") {
-            Some(k) if !k.is_empty() => i.tags.get(k).is_some_and(|v| any(v)),
-            _ => {
-                return Err(ApiError::invalid(format!(
-                    "The filter '{other}' is invalid"
-                )))
-            }
-        },
-    })
-}
-
-/// The caller's instances selected by `InstanceId.N` (each must exist) and `Filter.N`,
-/// sorted by id.
-fn select(ctx: &Ctx, extra: impl Fn(&Instance) -> bool) -> Result<Vec<Instance>, ApiError> {
-    let p = ctx.params;
-    let ids = p.list("InstanceId")?;
-    let filters = p.filters()?;
-    let all = record::list(&ctx.api.store, &ctx.caller)
-        .map_err(|e| from_instance(e, Resource::Instance))?;
-    for id in &ids {
-        if !record::looks_like_id(id) {
-            return Err(ApiError::new(
-                errors::INVALID_INSTANCE_ID_MALFORMED,
-                format!("Invalid id: \"{id}\""),
-            ));
-        }
-        if !all.iter().any(|i| i.instance_id == *id) {
-            return Err(ApiError::new(
-                errors::INVALID_INSTANCE_ID_NOT_FOUND,
-                format!("The instance ID '{id}' does not exist"),
-            ));
-        }
-    }
-    let zone = ctx.api.zone();
-    let mut out = Vec::new();
-    for i in all {
-        if !ids.is_empty() && !ids.contains(&i.instance_id) {
-            continue;
-        }
-        let mut ok = extra(&i);
-        for (name, values) in &filters {
-            ok &= instance_matches(&i, name, values, &zone)?;
-        }
-        if ok {
-            out.push(i);
-        }
-    }
-    out.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
-    Ok(out)
-}
-
-fn max_results(p: &Params) -> Result<Option<i64>, ApiError> {
-    let max = p.int("MaxResults", MAX_RESULTS.0, MAX_RESULTS.1)?;
-    if max.is_some() && p.get("InstanceId.1").is_some() {
-        return Err(ApiError::new(
-            errors::INVALID_PARAMETER_COMBINATION,
-            "The parameter instancesSet cannot be used with the parameter maxResults",
-        ));
-    }
-    Ok(max)
-}
-
 pub fn describe_instances(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
     let p = ctx.params;
     let max = max_results(p)?;
@@ -338,7 +250,7 @@ pub fn describe_instances(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
     let (insts, next) = page(insts, |i| i.instance_id.as_str(), p.get("NextToken"), max)?;
     let zone = ctx.api.zone();
     x.list("reservationSet", &insts, |x, i| {
-        render_reservation(x, &ctx.caller, std::slice::from_ref(i), &zone)
+        render_reservation(x, &ctx.caller, std::slice::from_ref(&**i), &zone)
     });
     x.leaf_opt("nextToken", next.as_deref());
     Ok(())
@@ -601,6 +513,7 @@ pub fn get_console_output(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::instance_xml::{reservation_id, state_code};
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> Params {

@@ -238,8 +238,11 @@ pub fn describe_tags(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
     for i in &images {
         push(i.image_id.as_str(), "image", &i.tags);
     }
-    let insts =
-        record::list(store, &ctx.caller).map_err(|e| from_instance(e, Resource::Instance))?;
+    let insts = ctx
+        .api
+        .instances
+        .list(store, &ctx.caller)
+        .map_err(|e| from_instance(e, Resource::Instance))?;
     for i in &insts {
         push(&i.instance_id, "instance", &i.tags);
     }

@@ -20,6 +20,7 @@ pub mod dispatch;
 pub mod errors;
 pub mod form;
 pub mod images;
+pub mod instance_select;
 pub mod instance_xml;
 pub mod instances;
 pub mod key_pairs;
@@ -75,6 +76,8 @@ pub struct Api {
     pub supervisor: supervisor::Supervisor,
     /// The network RunInstances gives instances (`serve --network`).
     pub network: crate::net::NetworkSpec,
+    /// The instance records in memory (DescribeInstances, DescribeTags).
+    pub instances: crate::instance::index::InstanceIndex,
 }
 
 impl Api {

@@ -122,9 +122,9 @@ pub fn serve(
 const SPARE_FDS: u64 = 256;
 
 /// Raise the soft RLIMIT_NOFILE so `max_connections` sockets fit (many systems start at 1024),
-/// up to the hard limit.
+/// with the run locks the instance index keeps open, up to the hard limit.
 fn raise_fd_limit(max_connections: usize) {
-    let want = max_connections as u64 + SPARE_FDS;
+    let want = max_connections as u64 + SPARE_FDS + crate::instance::index::MAX_OPEN_PROBES as u64;
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

@@ -62,6 +62,7 @@ pub fn run(args: ServeArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         log_level: g.log_level.as_str().to_string(),
         supervisor: Supervisor::default(),
         network: args.network,
+        instances: Default::default(),
     };
     server::serve(api, args.listen, DEFAULT_LIMITS, |addr| {
         // The URL first on stdout (scripts and tests read it when the port was 0).

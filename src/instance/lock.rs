@@ -91,6 +91,51 @@ impl RunLock {
     }
 }
 
+/// A run lock kept open to ask, again and again, whether the instance's process holds it: one
+/// `flock(2)` call per question instead of opening the instance's directory and lock file each
+/// time (what [`RunLock::is_held`] does). The answer is the kernel's, as for [`RunLock`].
+#[derive(Debug)]
+pub struct LockProbe {
+    file: File,
+}
+
+impl LockProbe {
+    /// Open the run lock in `dir` (created if missing, as [`RunLock::try_acquire`] does).
+    pub fn open(dir: &InstanceDir) -> Result<LockProbe> {
+        Ok(LockProbe {
+            file: dir.open_file(LOCK_FILE, Access::ReadWriteCreate)?,
+        })
+    }
+
+    /// Whether someone holds the lock right now. When nobody does, the probe holds it for the
+    /// length of two system calls (taking and releasing it), as [`RunLock::is_held`] does. After
+    /// an error, drop the probe: closing it releases whatever it holds.
+    pub fn is_held(&self) -> Result<bool> {
+        let fd = self.file.as_raw_fd();
+        loop {
+            // SAFETY: flock only reads its two integer arguments; the fd is owned by
+            // `self.file`, which lives across the call.
+            let rc = unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                // SAFETY: as above; releases the lock this open file description just took.
+                if unsafe { libc::flock(fd, libc::LOCK_UN) } != 0 {
+                    return Err(InstanceError::io(
+                        format!("release {LOCK_FILE}"),
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                return Ok(false);
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) => return Ok(true),
+                _ => return Err(InstanceError::io(format!("flock {LOCK_FILE}"), err)),
+            }
+        }
+    }
+}
+
 /// The start time of process `pid` in clock ticks since boot (field 22 of /proc/PID/stat), so a
 /// recorded pid can be told from a later process that reused it.
 pub fn process_start_ticks(pid: u32) -> Option<u64> {
@@ -128,8 +173,16 @@ mod tests {
         let held = RunLock::try_acquire(&dir).unwrap().unwrap();
         assert!(RunLock::try_acquire(&dir).unwrap().is_none());
         assert!(RunLock::is_held(&dir).unwrap());
+        let probe = LockProbe::open(&dir).unwrap();
+        assert!(probe.is_held().unwrap());
         drop(held);
         assert!(!RunLock::is_held(&dir).unwrap());
+        // The probe sees the release, and asking does not keep the lock.
+        assert!(!probe.is_held().unwrap());
+        assert!(!probe.is_held().unwrap());
+        let again = RunLock::try_acquire(&dir).unwrap().unwrap();
+        assert!(probe.is_held().unwrap());
+        drop(again);
         // A lock file symlinked elsewhere is refused, and nothing is created there.
         std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
         let elsewhere = tmp.path().join("elsewhere");

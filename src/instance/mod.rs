@@ -9,6 +9,8 @@
 //! - [`state`]: EC2's instance states and which transitions are allowed.
 //! - [`record`]: the instance record, loading/saving it, and noticing dead amivm processes.
 //! - [`lock`]: the run lock an instance's amivm process holds while it runs the VM.
+//! - [`index`]: every instance record in memory, kept current by the store's stamp, for
+//!   `amivm serve`.
 //! - [`launch`]: creating an instance and booting it (`amivm run`, `amivm start`).
 //! - [`lifecycle`]: stop and terminate.
 //! - [`tags`]: instance tags.
@@ -23,6 +25,7 @@
 pub mod create_image;
 pub mod detach;
 pub mod dir;
+pub mod index;
 pub mod jailed;
 pub mod launch;
 pub mod lifecycle;

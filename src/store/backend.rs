@@ -173,34 +173,53 @@ impl LocalDir {
         fsio::fsync_all(&dirs.into_iter().collect::<Vec<_>>())?;
         // After the documents are in place, before the journal goes: a crash in between
         // makes recovery apply the journal, and write the stamps, again.
-        for c in STAMPED {
-            let prefix = format!("{}/", c.dir());
-            let touched = j.renames.iter().map(|(_, to)| to).chain(&j.deletes);
-            if touched.into_iter().any(|p| p.starts_with(&prefix)) {
-                self.new_stamp(c)?;
-            }
+        let touched = j.renames.iter().map(|(_, to)| to).chain(&j.deletes);
+        let stamped: std::collections::BTreeSet<String> = touched
+            .filter_map(|p| stamped_collection_of(p))
+            .map(|c| c.dir())
+            .collect();
+        for dir in stamped {
+            self.new_stamp(&dir)?;
         }
         fsio::remove_if_exists(&self.layout.journal())?;
         fsio::fsync_dir(root)
     }
 }
 
-/// The collections whose changes [`LocalDir`] stamps (see [`ObjectStore::doc_stamp`]).
-const STAMPED: &[Collection] = &[Collection::Images];
+/// Whether [`LocalDir`] stamps a collection's changes (see [`ObjectStore::doc_stamp`]): the
+/// images (the image index) and every kind of record (the instance index).
+fn is_stamped(c: &Collection) -> bool {
+    matches!(c, Collection::Images | Collection::Records(_))
+}
+
+/// The stamped collection a document path (relative to the store root, as the journal keeps
+/// it) belongs to: `images/ID.json` or `records/KIND/ID.json`.
+fn stamped_collection_of(rel: &str) -> Option<Collection> {
+    let mut parts = rel.split('/');
+    let c = match (parts.next()?, parts.next()?, parts.next()) {
+        (layout::IMAGES_DIR, _, None) => Collection::Images,
+        (layout::RECORDS_DIR, kind, Some(_)) if !kind.is_empty() => {
+            Collection::Records(kind.to_string())
+        }
+        _ => return None,
+    };
+    (parts.next().is_none() && is_stamped(&c)).then_some(c)
+}
 
 impl LocalDir {
-    /// Where a collection's stamp token is kept.
-    fn stamp_path(&self, c: &Collection) -> PathBuf {
+    /// Where the stamp token of the collection in directory `dir` (relative to the store
+    /// root) is kept: `images.stamp`, `records/instances.stamp`.
+    fn stamp_path(&self, dir: &str) -> PathBuf {
         self.layout
             .root()
-            .join(format!("{}.{}", c.dir(), layout::STAMP_EXT))
+            .join(format!("{dir}.{}", layout::STAMP_EXT))
     }
 
-    /// Give a collection a new random stamp token. Written atomically (a rename) but not
-    /// fsynced: the token only has to differ from the ones running processes have seen, and
-    /// after a crash no process has.
-    fn new_stamp(&self, c: &Collection) -> Result<()> {
-        let dest = self.stamp_path(c);
+    /// Give the collection in directory `dir` a new random stamp token. Written atomically (a
+    /// rename) but not fsynced: the token only has to differ from the ones running processes
+    /// have seen, and after a crash no process has.
+    fn new_stamp(&self, dir: &str) -> Result<()> {
+        let dest = self.stamp_path(dir);
         let tmp = self.layout.tmp().join(fsio::temp_name("stamp"));
         let token = hex::encode(rand::random::<[u8; 16]>());
         // Private like every store file (fsio::PRIVATE_FILE_MODE; the umask only takes bits away).
@@ -425,10 +444,10 @@ impl ObjectStore for LocalDir {
     /// directory's inode, modification and change times (which move when a file is written
     /// there by other means, to the clock's granularity).
     fn doc_stamp(&self, collection: &Collection) -> Result<Option<String>> {
-        if !STAMPED.contains(collection) {
+        if !is_stamped(collection) {
             return Ok(None);
         }
-        let token = fsio::read_optional(&self.stamp_path(collection))?.unwrap_or_default();
+        let token = fsio::read_optional(&self.stamp_path(&collection.dir()))?.unwrap_or_default();
         let dir = self.layout.root().join(collection.dir());
         let m = match std::fs::metadata(&dir) {
             Ok(m) => m,
@@ -462,4 +481,83 @@ pub fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     v.sort();
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_belong_to_their_stamped_collection() {
+        let records = |k: &str| Some(Collection::Records(k.to_string()));
+        assert_eq!(
+            stamped_collection_of("images/ami-0123.json"),
+            Some(Collection::Images)
+        );
+        assert_eq!(
+            stamped_collection_of("records/instances/i-0123.json"),
+            records("instances")
+        );
+        for other in [
+            "snapshots/snap-1.json",
+            "images",
+            "images/x/y.json",
+            "records/instances",
+            "records//x.json",
+            "records/instances/i-1/vda.cow",
+            "config.json",
+        ] {
+            assert_eq!(stamped_collection_of(other), None, "{other}");
+        }
+        assert!(is_stamped(&Collection::Images));
+        assert!(is_stamped(&Collection::Records("instances".into())));
+        assert!(!is_stamped(&Collection::Snapshots));
+    }
+
+    #[test]
+    fn a_record_commit_moves_only_its_collections_stamp() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(tmp.path());
+        for d in layout.skeleton() {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let b = LocalDir::new(layout);
+        let inst = Collection::Records("instances".into());
+        let put = |c: &Collection, id: &str| {
+            b.commit_docs(vec![DocOp::Put {
+                collection: c.clone(),
+                id: id.into(),
+                bytes: b"{}".to_vec(),
+            }])
+            .unwrap()
+        };
+        put(&inst, "i-1");
+        put(&Collection::Images, "ami-1");
+        let (s_inst, s_img) = (
+            b.doc_stamp(&inst).unwrap(),
+            b.doc_stamp(&Collection::Images).unwrap(),
+        );
+        assert!(s_inst.is_some() && s_img.is_some());
+        assert_eq!(b.doc_stamp(&Collection::Snapshots).unwrap(), None);
+        put(&inst, "i-1");
+        assert_ne!(
+            b.doc_stamp(&inst).unwrap(),
+            s_inst,
+            "an update moves the stamp"
+        );
+        assert_eq!(b.doc_stamp(&Collection::Images).unwrap(), s_img);
+        let s_inst = b.doc_stamp(&inst).unwrap();
+        b.commit_docs(vec![DocOp::Delete {
+            collection: inst.clone(),
+            id: "i-1".into(),
+        }])
+        .unwrap();
+        assert_ne!(
+            b.doc_stamp(&inst).unwrap(),
+            s_inst,
+            "a deletion moves the stamp"
+        );
+        // The stamp file sits beside the records' directory, not among the records.
+        assert!(b.list_docs(&inst).unwrap().is_empty());
+    }
 }

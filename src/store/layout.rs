@@ -14,6 +14,8 @@
 //!   images.stamp             a random token each commit that changes images/ rewrites
 //!                            (the in-memory image index's check, see [`super::image_index`])
 //!   records/KIND/ID.json     records of other modules (instances), see [`super::records`]
+//!   records/KIND.stamp       the same kind of token for each kind of record (the instance
+//!                            index's check, see `crate::instance::index`)
 //!   records/KIND/ID/         their private data (overlays, logs): the store never reads it
 //! ```
 

@@ -107,6 +107,15 @@ impl Store {
         Ok(out)
     }
 
+    /// A token that changes whenever a finished commit changed the records of `kind` (or a
+    /// file was added there by other means), for caches of them (the instance index); `None`
+    /// when the backend cannot tell. See [`super::image_index`] for how the images' token keeps
+    /// their index coherent: the same rules hold.
+    pub fn record_stamp(&self, kind: &str) -> Result<Option<String>> {
+        check_kind(kind)?;
+        self.backend().doc_stamp(&Collection::Records(kind.into()))
+    }
+
     /// Write a record atomically. Its references must exist.
     pub fn put_record<T: Serialize>(&self, kind: &str, rec: &Record<T>) -> Result<()> {
         check_kind(kind)?;
