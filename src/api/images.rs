@@ -68,6 +68,9 @@ pub fn render_image(x: &mut Xml, img: &Image) {
     if !img.description.is_empty() {
         x.leaf("description", &img.description);
     }
+    if !img.product_codes.is_empty() {
+        render_product_codes(x, &img.product_codes);
+    }
     x.leaf("rootDeviceType", "ebs")
         .leaf("rootDeviceName", &img.root_device_name)
         .list("blockDeviceMapping", &img.block_device_mappings, |x, m| {
@@ -89,6 +92,14 @@ pub fn render_image(x: &mut Xml, img: &Image) {
     if !img.tags.is_empty() {
         x.tags(&img.tags);
     }
+}
+
+/// `productCodes` as EC2 writes them (`item` with `productCode` and `type`; empty for none).
+pub fn render_product_codes(x: &mut Xml, codes: &[crate::store::product_codes::ProductCode]) {
+    x.list("productCodes", codes, |x, c| {
+        x.leaf("productCode", &c.product_code_id)
+            .leaf("type", &c.product_code_type);
+    });
 }
 
 /// RFC 3339 seconds as EC2 prints times: with milliseconds (`2024-01-02T03:04:05.000Z`).
@@ -344,7 +355,8 @@ pub fn describe_image_attribute(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> 
                     .close("ebs");
             });
         }
-        "kernel" | "ramdisk" | "productCodes" => {}
+        "productCodes" => render_product_codes(x, &img.product_codes),
+        "kernel" | "ramdisk" => {}
         other => {
             return Err(ApiError::invalid(format!(
                 "Value ({other}) for parameter attribute is invalid. Supported: description, \

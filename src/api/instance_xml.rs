@@ -51,10 +51,9 @@ pub fn render_instance(x: &mut Xml, i: &Instance, zone: &str) {
         .leaf("dnsName", "")
         .leaf("reason", &i.state_reason)
         .leaf_opt("keyName", i.key_name.as_deref())
-        .num("amiLaunchIndex", 0)
-        .open("productCodes")
-        .close("productCodes")
-        .leaf("instanceType", &i.instance_type)
+        .num("amiLaunchIndex", 0);
+    super::images::render_product_codes(x, &i.image.product_codes);
+    x.leaf("instanceType", &i.instance_type)
         .leaf("launchTime", &ec2_time(&i.launch_time))
         .open("placement")
         .leaf("availabilityZone", zone)
@@ -76,6 +75,30 @@ pub fn render_instance(x: &mut Xml, i: &Instance, zone: &str) {
             .bool("deleteOnTermination", v.delete_on_termination)
             .close("ebs");
     });
+    if let Some(mac) = &i.mac_address {
+        // One card: the instance's virtio-net device (EC2's primary interface, index 0).
+        let eni = format!("eni-{}", i.instance_id.trim_start_matches("i-"));
+        x.open("networkInterfaceSet")
+            .open("item")
+            .leaf("networkInterfaceId", &eni)
+            .leaf("description", &format!("network {}", i.network))
+            .leaf("ownerId", i.owner_id.as_str())
+            .leaf("status", "in-use")
+            .leaf("macAddress", mac)
+            .bool("sourceDestCheck", true)
+            .open("attachment")
+            .leaf(
+                "attachmentId",
+                &format!("eni-attach-{}", i.instance_id.trim_start_matches("i-")),
+            )
+            .num("deviceIndex", 0)
+            .leaf("status", "attached")
+            .leaf("attachTime", &ec2_time(&i.launch_time))
+            .bool("deleteOnTermination", true)
+            .close("attachment")
+            .close("item")
+            .close("networkInterfaceSet");
+    }
     x.leaf("virtualizationType", "hvm")
         .leaf(
             "instanceInitiatedShutdownBehavior",
