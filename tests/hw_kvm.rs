@@ -104,25 +104,36 @@ fn sample_image_boots_to_its_banner() {
     let _ = std::fs::remove_file(&overlay);
 }
 
-/// The Debian 12 AMI of the recipe (issue 9, test 6): boots on t3.micro to its banner; a guest
-/// `poweroff` (the ACPI sleep register) leaves the instance `stopped`; `amivm stop` presses the
-/// ACPI power button and systemd shuts down cleanly within the grace period; create-image of
-/// the instance boots again.
-#[test]
-fn debian_12_ami_boots_powers_off_and_stops_cleanly() {
+/// The Debian 12 AMI's disk (`AMIVM_DEBIAN_DISK`, else the recipe's cache), when hardware KVM
+/// can boot it; else `None`, after printing why test `name` skips.
+fn debian_disk(name: &str) -> Option<std::path::PathBuf> {
     if let Some(why) = no_hardware_kvm() {
-        return skip("debian_12_ami_boots_powers_off_and_stops_cleanly", &why);
+        skip(name, &why);
+        return None;
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let disk = std::env::var_os("AMIVM_DEBIAN_DISK")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| repo.join(".cache/debian-image/disk.img"));
     if !disk.exists() {
-        return skip(
-            "debian_12_ami_boots_powers_off_and_stops_cleanly",
+        skip(
+            name,
             "no Debian 12 AMI disk: scripts/build-debian-image.sh --no-register builds it as root",
         );
+        return None;
     }
+    Some(disk)
+}
+
+/// The Debian 12 AMI of the recipe (issue 9, test 6): boots on t3.micro to its banner; a guest
+/// `poweroff` (the ACPI sleep register) leaves the instance `stopped`; `amivm stop` presses the
+/// ACPI power button and systemd shuts down cleanly within the grace period; create-image of
+/// the instance boots again.
+#[test]
+fn debian_12_ami_boots_powers_off_and_stops_cleanly() {
+    let Some(disk) = debian_disk("debian_12_ami_boots_powers_off_and_stops_cleanly") else {
+        return;
+    };
     let store = tempfile::tempdir().unwrap();
     let amivm = |args: &[&str], limit: u64| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_amivm"));
@@ -229,19 +240,9 @@ fn debian_12_ami_boots_powers_off_and_stops_cleanly() {
 #[test]
 fn debian_12_ami_takes_its_key_and_user_data_and_amivm_ssh_logs_in() {
     const NAME: &str = "debian_12_ami_takes_its_key_and_user_data_and_amivm_ssh_logs_in";
-    if let Some(why) = no_hardware_kvm() {
-        return skip(NAME, &why);
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let disk = std::env::var_os("AMIVM_DEBIAN_DISK")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| repo.join(".cache/debian-image/disk.img"));
-    if !disk.exists() {
-        return skip(
-            NAME,
-            "no Debian 12 AMI disk: scripts/build-debian-image.sh --no-register builds it as root",
-        );
-    }
+    let Some(disk) = debian_disk(NAME) else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("store");
     let amivm = |args: &[&str], limit: u64| {

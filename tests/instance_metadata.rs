@@ -104,14 +104,7 @@ fn user_data_and_metadata_options_are_kept_for_start() {
 #[test]
 fn the_key_pair_is_served_as_public_key_0() {
     let env = Env::new();
-    let key = env.path("k");
-    env.ok(&[
-        "key-pair",
-        "create",
-        "mykey",
-        "--key-file",
-        key.to_str().unwrap(),
-    ]);
+    env.create_key_pair("mykey");
     let out = env.launch(&env.ami, &["--key-name", "mykey"]);
     assert_eq!(out.code, Some(0), "{}", out.describe());
     let id = launched_id(&out);

@@ -10,15 +10,6 @@ use common::run_with_deadline;
 use instance_common::*;
 use std::net::TcpListener;
 
-/// A host TCP port free now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn network_and_forwards_are_kept_for_start_and_shown() {
     let env = Env::new();

@@ -9,21 +9,12 @@ mod instance_common;
 
 use common::{build_guest, run_with_deadline};
 use instance_common::*;
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 /// How long the guest may take to get its lease and listen, here (emulated, ~1 M instr/s).
 const LISTEN_WAIT: Duration = Duration::from_secs(60);
 /// What the test guest's `net=serve:PORT` answers (tests/guest/net.c).
 const GUEST_ANSWER: &str = "hello from the amivm test guest";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The test guest's image with a login user, as the Debian recipe registers its image.
 fn ssh_image(env: &Env) -> String {
@@ -81,14 +72,7 @@ fn ssh_reaches_the_guest_with_the_key_pair_and_the_images_user() {
     let env = Env::new();
     let ami = ssh_image(&env);
     assert!(env.ok(&["image", "show", &ami]).contains("admin"));
-    let key = env.path("mykey");
-    env.ok(&[
-        "key-pair",
-        "create",
-        "mykey",
-        "--key-file",
-        key.to_str().unwrap(),
-    ]);
+    let key = env.create_key_pair("mykey");
     let (id, port) = listening_instance(&env, &ami, &["--key-name", "mykey"]);
 
     let ssh = |args: &[&str]| {

@@ -141,10 +141,31 @@ impl Env {
         Report::parse(&self.ok(&["logs", id]))
     }
 
+    /// `key-pair create NAME --key-file FILE`: returns FILE, the private key.
+    pub fn create_key_pair(&self, name: &str) -> PathBuf {
+        let key = self.path(name);
+        self.ok(&[
+            "key-pair",
+            "create",
+            name,
+            "--key-file",
+            key.to_str().expect("utf-8 path"),
+        ]);
+        key
+    }
+
     /// The instance's directory in the store.
     pub fn instance_dir(&self, id: &str) -> PathBuf {
         self.store.join("records/instances").join(id)
     }
+}
+
+/// A host TCP port free now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// The instance id from `amivm run`'s stderr line `amivm: instance i-… (...)`.
