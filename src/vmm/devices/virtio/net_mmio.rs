@@ -219,23 +219,28 @@ impl MmioNetDevice {
     }
 }
 
+impl MmioNetDevice {
+    fn fast_path(&self) -> super::FastPath<'_> {
+        super::FastPath {
+            interrupt_status: &self.shared.interrupt_status,
+            notify_evt: &self.shared.notify_evt,
+            // Receive and transmit (virtio 1.2, 5.1.2): indices RX_QUEUE and TX_QUEUE.
+            queues: super::net::TX_QUEUE as u32 + 1,
+            what: "virtio-net",
+        }
+    }
+}
+
 impl BusDevice for MmioNetDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if offset == REG_INTERRUPT_STATUS && data.len() == 4 {
-            data.copy_from_slice(&self.interrupt_status().to_le_bytes());
+        if self.fast_path().read(offset, data) {
             return;
         }
         self.shared.lock().transport.read(offset, data);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() == 4 && (offset == REG_INTERRUPT_ACK || offset == REG_QUEUE_NOTIFY) {
-            let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-            if offset == REG_INTERRUPT_ACK {
-                self.shared.interrupt_status.fetch_and(!v, Ordering::SeqCst);
-            } else if let Err(e) = self.shared.notify_evt.write(1) {
-                log::warn!("virtio-net: cannot signal the queue worker: {e}");
-            }
+        if self.fast_path().write(offset, data) {
             return;
         }
         let mut st = self.shared.lock();
