@@ -58,19 +58,52 @@ pub fn attach(
         let (base, gsi) = virtio_slot(i);
         let h = new_block(mem.clone(), drive.backend, drive.config)
             .map_err(|e| dev_err(e.to_string()))?;
-        vm.register_ioevent(
-            &h.notify_evt,
-            &IoEventAddress::Mmio(base + NOTIFY_OFFSET),
-            NoDatamatch,
-        )
-        .map_err(|e| dev_err(format!("KVM_IOEVENTFD: {e}")))?;
-        vm.register_irqfd(&h.irq_evt, gsi)
-            .map_err(|e| dev_err(format!("KVM_IRQFD: {e}")))?;
-        events.add_subscriber(h.worker);
-        mmio.insert(h.bus_device.clone() as SharedDevice, base, MMIO_WINDOW_SIZE)?;
+        let slot = VirtioSlot {
+            base,
+            gsi,
+            notify_evt: &h.notify_evt,
+            irq_evt: &h.irq_evt,
+        };
+        slot.wire(vm, mmio, events, h.worker, h.bus_device.clone(), dev_err)?;
         devices.push(h.bus_device);
     }
     Ok(devices)
+}
+
+/// A virtio-mmio device's place: its window at `base`, its GSI, and the eventfds KVM signals
+/// (QueueNotify written) and listens to (the interrupt).
+pub struct VirtioSlot<'a> {
+    pub base: u64,
+    pub gsi: u32,
+    pub notify_evt: &'a EventFd,
+    pub irq_evt: &'a EventFd,
+}
+
+impl VirtioSlot<'_> {
+    /// Wire a device in: QueueNotify writes signal `notify_evt` in KVM (ioeventfd), `irq_evt`
+    /// raises the GSI (irqfd), `worker` serves the queues on the event thread, `device` answers
+    /// the window on the MMIO bus. `dev_err` names the device in KVM's errors.
+    pub fn wire(
+        &self,
+        vm: &VmFd,
+        mmio: &mut Bus,
+        events: &mut Events,
+        worker: Arc<Mutex<dyn MutEventSubscriber + Send>>,
+        device: SharedDevice,
+        dev_err: impl Fn(String) -> VmmError,
+    ) -> Result<(), VmmError> {
+        vm.register_ioevent(
+            self.notify_evt,
+            &IoEventAddress::Mmio(self.base + NOTIFY_OFFSET),
+            NoDatamatch,
+        )
+        .map_err(|e| dev_err(format!("KVM_IOEVENTFD: {e}")))?;
+        vm.register_irqfd(self.irq_evt, self.gsi)
+            .map_err(|e| dev_err(format!("KVM_IRQFD: {e}")))?;
+        events.add_subscriber(worker);
+        mmio.insert(device, self.base, MMIO_WINDOW_SIZE)?;
+        Ok(())
+    }
 }
 
 /// Flush every device's backend: called once the guest has ended, so that what it wrote is

@@ -2,16 +2,14 @@
 //! drives (`platform::virtio_slot`), its worker on the VMM's event thread, and a line in the
 //! console log if the backend is lost (the guest keeps running with its link down).
 
-use super::blockdevs::Events;
-use super::devices::bus::{Bus, SharedDevice};
+use super::blockdevs::{Events, VirtioSlot};
+use super::devices::bus::Bus;
 use super::devices::virtio::net::FrameInterceptor;
 use super::devices::virtio::net_mmio::{new_net, MmioNetDevice};
-use super::devices::virtio::{MMIO_WINDOW_SIZE, NOTIFY_OFFSET};
 use super::platform::virtio_slot;
 use super::VmmError;
 use crate::net::FrameBackend;
-use event_manager::SubscriberOps;
-use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use kvm_ioctls::VmFd;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
@@ -58,15 +56,12 @@ pub fn attach(
                 let _ = f.write_all(line.as_bytes());
             }
         }));
-    vm.register_ioevent(
-        &h.notify_evt,
-        &IoEventAddress::Mmio(base + NOTIFY_OFFSET),
-        NoDatamatch,
-    )
-    .map_err(|e| dev_err(format!("KVM_IOEVENTFD: {e}")))?;
-    vm.register_irqfd(&h.irq_evt, gsi)
-        .map_err(|e| dev_err(format!("KVM_IRQFD: {e}")))?;
-    events.add_subscriber(h.worker);
-    mmio.insert(h.bus_device.clone() as SharedDevice, base, MMIO_WINDOW_SIZE)?;
+    let slot = VirtioSlot {
+        base,
+        gsi,
+        notify_evt: &h.notify_evt,
+        irq_evt: &h.irq_evt,
+    };
+    slot.wire(vm, mmio, events, h.worker, h.bus_device.clone(), dev_err)?;
     Ok(h.bus_device)
 }
