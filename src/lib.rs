@@ -20,6 +20,7 @@ pub mod files;
 pub mod instance;
 pub mod net;
 pub mod store;
+pub mod sync;
 pub mod text;
 pub mod vmm;
 pub mod volume;

@@ -27,7 +27,10 @@ use super::record::{self, Instance, KIND};
 use super::{InstanceError, InstanceState, Result};
 use crate::store::{AccountId, Store};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+// A poisoned lock still holds a consistent value here (so `relock`): at worst an old (stamp, set)
+// pair, which the next lookup checks against the stamp like any other, or a probe map.
+use crate::sync::relock;
+use std::sync::{Arc, Mutex};
 
 /// Most run locks kept open at once. Bounded so the index never takes the descriptors the
 /// server's connection limit counts on (`amivm serve` adds this many to the open-file limit it
@@ -50,12 +53,6 @@ impl std::fmt::Debug for InstanceIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InstanceIndex").finish_non_exhaustive()
     }
-}
-
-/// A poisoned lock still holds a consistent value here: at worst an old (stamp, set) pair,
-/// which the next lookup checks against the stamp like any other, or a probe map.
-fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether an amivm process should be running an instance in this state (and the record is to

@@ -19,6 +19,7 @@ use crate::store::fsio;
 use crate::store::ids::ContentHash;
 use crate::store::layout::Layout;
 use crate::store::snapshot::Snapshot;
+use crate::sync::relock;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -247,26 +248,6 @@ fn keep(local: &LocalDir, layout: &Layout, hash: &ContentHash, bytes: &[u8]) -> 
     local.put_objects(&[(ObjectNs::Chunk, *hash, p)])
 }
 
-/// An object's bytes in memory.
-struct InMemory(Vec<u8>);
-
-impl ObjectReader for InMemory {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        let start = usize::try_from(offset).map_err(std::io::Error::other)?;
-        let src = start
-            .checked_add(buf.len())
-            .and_then(|end| self.0.get(start..end))
-            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-}
-
-/// A memo's lock; a panic elsewhere leaves only a memo behind, still usable.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Manifests come from the region when the local store lacks them.
 fn remote_docs(c: &Collection) -> bool {
     matches!(c, Collection::Images | Collection::Snapshots)
@@ -285,7 +266,7 @@ impl ObjectStore for LazyRegion {
         if self.local.object_exists(ns, hash)? {
             return Ok(true);
         }
-        if lock(&self.present).contains(&(ns, *hash)) {
+        if relock(&self.present).contains(&(ns, *hash)) {
             return Ok(true);
         }
         let (remote, h) = (self.remote.clone(), *hash);
@@ -294,7 +275,7 @@ impl ObjectStore for LazyRegion {
             .worker
             .run("region: HEAD", move || remote.object_exists(ns, &h))?;
         if there {
-            lock(&self.present).insert((ns, *hash));
+            relock(&self.present).insert((ns, *hash));
         }
         Ok(there)
     }
@@ -307,7 +288,7 @@ impl ObjectStore for LazyRegion {
         if ns == ObjectNs::Chunk {
             self.read_ahead(hash);
         }
-        Ok(Box::new(InMemory(bytes)))
+        Ok(Box::new(super::s3::Bytes(bytes)))
     }
 
     fn object_path(&self, ns: ObjectNs, hash: &ContentHash) -> Result<PathBuf> {
@@ -338,7 +319,7 @@ impl ObjectStore for LazyRegion {
             Some(d) => Ok(Some(d)),
             None if remote_docs(collection) => {
                 let memo = format!("{collection:?}/{id}");
-                if let Some(doc) = lock(&self.docs).get(&memo) {
+                if let Some(doc) = relock(&self.docs).get(&memo) {
                     return Ok(doc.clone());
                 }
                 let (remote, c, i) = (self.remote.clone(), collection.clone(), id.to_string());
@@ -346,7 +327,7 @@ impl ObjectStore for LazyRegion {
                 let doc = self
                     .worker
                     .run("region: GET", move || remote.get_doc(&c, &i))?;
-                lock(&self.docs).insert(memo, doc.clone());
+                relock(&self.docs).insert(memo, doc.clone());
                 if let (Collection::Snapshots, Some(bytes)) = (collection, &doc) {
                     if let Ok(s) = serde_json::from_slice::<Snapshot>(bytes) {
                         self.learn(&s);

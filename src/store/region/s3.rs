@@ -75,7 +75,7 @@ impl std::fmt::Debug for S3Dir {
 }
 
 /// An object's bytes in memory, as an [`ObjectReader`].
-struct Bytes(Vec<u8>);
+pub(super) struct Bytes(pub(super) Vec<u8>);
 
 impl ObjectReader for Bytes {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
