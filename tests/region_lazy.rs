@@ -10,7 +10,7 @@ mod region_common;
 mod store_common;
 
 use common::{run_with_deadline, Report};
-use region_common::{Host, Moto, REGION};
+use region_common::{Host, Moto, Proxy, REGION};
 use std::time::Duration;
 use store_common::{make_disk, CHUNK, OWNER, STRANGER};
 
@@ -228,4 +228,37 @@ fn a_detached_run_from_a_region_and_its_start_read_through_the_region() {
     let r = Report::from_run(&out);
     assert_eq!(read_line(&r, 0), ("0".into(), Some(sum64(&disk[..4096]))));
     assert!(local_chunks(&b) >= 1, "fetched again and kept");
+}
+
+/// A launch asks the region for each object once: the image, its snapshot and its kernel
+/// (fetched while the snapshot is read, with no HEAD first), and each chunk once, even when
+/// the guest reads the first chunk while the boot's prefetch of it is still under way.
+#[test]
+fn a_lazy_launch_asks_the_region_for_each_object_once() {
+    let moto = Moto::start();
+    let (_a, ami, disk) = pushed(&moto);
+    let proxy = Proxy::start(moto.port);
+    let b = Host::with_endpoint(&proxy.url);
+    let out = lazy_run(&b, OWNER, &ami, "blk=read:0:8");
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let r = Report::from_run(&out);
+    assert_eq!(read_line(&r, 0), ("0".into(), Some(sum64(&disk[..4096]))));
+    let reqs = proxy.requests();
+    let count = |part: &str| reqs.iter().filter(|l| l.contains(part)).count();
+    assert!(
+        !reqs.iter().any(|l| l.starts_with("HEAD ")),
+        "no HEAD: {reqs:#?}"
+    );
+    assert_eq!(count("/images/"), 1, "{reqs:#?}");
+    assert_eq!(count("/snapshots/"), 1, "{reqs:#?}");
+    assert_eq!(count("/blobs/"), 1, "the kernel: {reqs:#?}");
+    let chunks: Vec<&String> = reqs.iter().filter(|l| l.contains("/chunks/")).collect();
+    let distinct: std::collections::HashSet<&&String> = chunks.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        chunks.len(),
+        "a chunk fetched twice: {reqs:#?}"
+    );
+    // The first chunk, and at most its read-ahead (READ_AHEAD = 4).
+    assert!((1..=5).contains(&chunks.len()), "{reqs:#?}");
 }

@@ -151,6 +151,11 @@ pub struct Host {
 
 impl Host {
     pub fn new(moto: &Moto) -> Host {
+        Host::with_endpoint(&moto.url)
+    }
+
+    /// A host whose region is reached through `url` (a [`Proxy`] in front of the server).
+    pub fn with_endpoint(url: &str) -> Host {
         let h = Host { env: Env::new() };
         h.ok(
             None,
@@ -160,7 +165,7 @@ impl Host {
                 REGION,
                 &format!("s3://{BUCKET}"),
                 "--endpoint",
-                &moto.url,
+                url,
                 "--path-style",
             ],
         );
@@ -221,6 +226,19 @@ pub struct Proxy {
     /// Request bytes (client to server) that went through.
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    /// The request lines (`GET /bucket/key HTTP/1.1`) that went through, in order.
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// The request line at the start of `buf` when it begins an HTTP request.
+fn request_line(buf: &[u8]) -> Option<String> {
+    const METHODS: [&str; 5] = ["GET ", "HEAD ", "PUT ", "POST ", "DELETE "];
+    let head = String::from_utf8_lossy(&buf[..buf.len().min(1024)]);
+    let line = head.lines().next()?;
+    METHODS
+        .iter()
+        .any(|m| line.starts_with(m))
+        .then(|| line.to_string())
 }
 
 impl Proxy {
@@ -233,7 +251,9 @@ impl Proxy {
         let limit = Arc::new(AtomicU64::new(u64::MAX));
         let sent = Arc::new(AtomicU64::new(0));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let requests: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
         let (c2, l2, k2, s2) = (cut.clone(), limit.clone(), conns.clone(), sent.clone());
+        let r2 = requests.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -250,8 +270,8 @@ impl Proxy {
                     k.push(server.try_clone().unwrap());
                 }
                 let pump = |mut from: TcpStream, mut to: TcpStream, count: bool| {
-                    let (cut, limit, sent, conns) =
-                        (c2.clone(), l2.clone(), s2.clone(), k2.clone());
+                    let (cut, limit, sent, conns, requests) =
+                        (c2.clone(), l2.clone(), s2.clone(), k2.clone(), r2.clone());
                     std::thread::spawn(move || {
                         use std::io::{Read, Write};
                         let mut buf = vec![0u8; 64 * 1024];
@@ -260,6 +280,9 @@ impl Proxy {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => n,
                             };
+                            if let Some(line) = count.then(|| request_line(&buf[..n])).flatten() {
+                                requests.lock().unwrap().push(line);
+                            }
                             if cut.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
                                 break;
                             }
@@ -292,7 +315,13 @@ impl Proxy {
             limit,
             sent,
             conns,
+            requests,
         }
+    }
+
+    /// The request lines that went through so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
     }
 
     /// Cut once `bytes` request bytes in all went through it.

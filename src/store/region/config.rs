@@ -48,6 +48,14 @@ fn default_signing_region() -> String {
 }
 
 impl RegionSpec {
+    /// Whether requests go to a plain-HTTP endpoint (an S3-compatible server on a local
+    /// network or loopback), where no TLS certificate is ever checked.
+    pub fn plain_http(&self) -> bool {
+        self.endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
+    }
+
     /// Whether `other` is a region in the same bucket of the same service (another prefix, or
     /// the same): objects can then be copied server side (S3 CopyObject) instead of through
     /// this host.

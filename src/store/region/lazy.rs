@@ -6,28 +6,41 @@
 //! store (so a second boot reads it locally). After fetching a chunk, the next
 //! [`READ_AHEAD`] chunks of the same volume are fetched in the background.
 //!
+//! Latency before the guest's first console line: the image's kernel and initrd are
+//! downloaded while its snapshot manifests are read (no HEAD first), and once the kernel is
+//! in, the first [`BOOT_PREFETCH`] chunks of each volume while the VM is set up. A reader of
+//! an object that is on its way waits for that fetch ([`super::inflight::InFlight`]), and a
+//! chunk's bytes reach the guest before they are written to the local store.
+//!
 //! The VMM's threads run under a seccomp filter without network system calls, and a device
 //! thread must never block for long: a chunk read on such a thread is handed to the region
 //! client's runtime (threads started before the sandbox) and waited for at most
 //! [`FETCH_TIMEOUT`]. A missing, damaged or late chunk is an I/O error for that read and a
 //! logged event, never a hang.
 
-use super::s3::{get_verified, S3Dir};
+use super::fetcher::Fetcher;
+use super::inflight::Slot;
+use super::s3::S3Dir;
 use crate::store::backend::{Collection, DocOp, LocalDir, ObjectNs, ObjectReader, ObjectStore};
 use crate::store::error::{Result, StoreError};
-use crate::store::fsio;
 use crate::store::ids::ContentHash;
 use crate::store::layout::Layout;
+use crate::store::manifest::Image;
 use crate::store::snapshot::Snapshot;
 use crate::sync::relock;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Chunks fetched ahead after a chunk the guest read: 2 MiB, a few sequential reads' worth.
 pub const READ_AHEAD: usize = 4;
+/// Chunks of a volume fetched before the guest asks, once its manifest is read and the
+/// kernel is in: the first 512 KiB (MBR or GPT, boot sector), which every boot reads first.
+/// More would compete with the VM's start for the server and the CPUs: with 5 (the first
+/// chunk and its read-ahead), scripts/bench-region.sh measured the first console line 20 ms
+/// later than with 1. The read-ahead after the guest's first miss covers what follows.
+pub const BOOT_PREFETCH: usize = 1;
 /// The longest a read waits for a chunk from the region before it fails with an I/O error:
 /// under Linux's 30 s block-request timeout (blk-mq's default `BLK_DEFAULT_SG_TIMEOUT`,
 /// which virtio-blk keeps) and the test guest's ~10 s, so the guest sees an error, not a
@@ -88,14 +101,16 @@ pub struct LazyRegion {
     remote: Arc<S3Dir>,
     /// For each chunk, the chunks that follow it in some volume (read-ahead).
     next: Mutex<HashMap<ContentHash, Vec<ContentHash>>>,
-    /// Chunks being fetched in the background.
-    in_flight: Arc<Mutex<HashSet<ContentHash>>>,
-    /// Chunks fetched from the region (read or read ahead).
-    fetched: Arc<AtomicU64>,
+    /// The downloads: chunks read, read ahead or prefetched, and blobs fetched early.
+    fetcher: Fetcher,
+    /// The kernels and initrds being fetched early, which the boot's first chunks wait for.
+    early_blobs: Mutex<Vec<Arc<Slot>>>,
     /// Manifests read from the region by this process (by `collection/id`), read once: a launch
     /// reads an image's snapshot manifests several times (checks, volumes, the record's
     /// references), each a round trip otherwise.
     docs: Mutex<HashMap<String, Option<Vec<u8>>>>,
+    /// The kernel and initrd of each image read from the region, by its snapshots' ids.
+    blobs_of_snapshot: Mutex<HashMap<String, Vec<ContentHash>>>,
     /// Objects the region was seen to hold (content-addressed: they never change).
     present: Mutex<HashSet<(ObjectNs, ContentHash)>>,
 }
@@ -115,23 +130,26 @@ impl LazyRegion {
             worker: Worker::start()?,
             local: Arc::new(LocalDir::new(layout.clone())),
             layout: layout.clone(),
-            remote,
+            remote: remote.clone(),
             next: Mutex::new(HashMap::new()),
-            in_flight: Arc::new(Mutex::new(HashSet::new())),
-            fetched: Arc::new(AtomicU64::new(0)),
+            fetcher: Fetcher::new(layout, remote.clone()),
+            early_blobs: Mutex::new(Vec::new()),
             docs: Mutex::new(HashMap::new()),
             present: Mutex::new(HashSet::new()),
+            blobs_of_snapshot: Mutex::new(HashMap::new()),
         })
     }
 
     /// Chunks fetched from the region so far.
     pub fn fetched(&self) -> u64 {
-        self.fetched.load(Ordering::Relaxed)
+        self.fetcher.fetched()
     }
 
-    /// Learn a volume's chunk order, for read-ahead.
+    /// Learn a volume's chunk order, for read-ahead, and start fetching its first
+    /// [`BOOT_PREFETCH`] chunks.
     pub fn learn(&self, snap: &Snapshot) {
-        if let Ok(mut next) = self.next.lock() {
+        {
+            let mut next = relock(&self.next);
             for (i, c) in snap.chunks.iter().enumerate() {
                 let after: Vec<ContentHash> = snap
                     .chunks
@@ -143,109 +161,72 @@ impl LazyRegion {
                 next.entry(c.1).or_insert(after);
             }
         }
+        let first = snap
+            .chunks
+            .iter()
+            .take(BOOT_PREFETCH)
+            .map(|c| c.1)
+            .collect();
+        let kernels = std::mem::take(&mut *relock(&self.early_blobs));
+        self.fetcher.start_after(kernels, first);
+    }
+
+    /// Remember an image's kernel and initrd until one of its snapshots is read: a name lookup
+    /// reads many image manifests, a launch reads its own image's snapshots.
+    fn learn_image(&self, image: &Image) {
+        let mut owners = relock(&self.blobs_of_snapshot);
+        for id in image.snapshot_ids() {
+            owners.insert(id.to_string(), image.blobs());
+        }
+    }
+
+    /// Start fetching the kernel and initrd of the image that `snapshot_id` belongs to (while
+    /// its manifest is read).
+    fn prefetch_blobs_of(&self, snapshot_id: &str) {
+        let blobs = relock(&self.blobs_of_snapshot).remove(snapshot_id);
+        for h in blobs.unwrap_or_default() {
+            if !self.remote.cached_path(ObjectNs::Blob, &h).is_file()
+                && !self.local.object_exists(ObjectNs::Blob, &h).unwrap_or(true)
+            {
+                let slot = self.fetcher.start(ObjectNs::Blob, &h);
+                relock(&self.early_blobs).push(slot);
+            }
+        }
     }
 
     /// Start fetching the chunks after `hash` that are neither local nor on their way.
     fn read_ahead(&self, hash: &ContentHash) {
-        let after = match self.next.lock() {
-            Ok(n) => n.get(hash).cloned().unwrap_or_default(),
-            Err(_) => return,
-        };
+        let after = relock(&self.next).get(hash).cloned().unwrap_or_default();
         for h in after {
-            if self
-                .local
-                .object_exists(ObjectNs::Chunk, &h)
-                .unwrap_or(true)
-            {
-                continue;
-            }
-            let claimed = self
-                .in_flight
-                .lock()
-                .map(|mut f| f.insert(h))
-                .unwrap_or(false);
-            if !claimed {
-                continue;
-            }
-            let (remote, local, layout, in_flight, fetched) = (
-                self.remote.clone(),
-                self.local.clone(),
-                self.layout.clone(),
-                self.in_flight.clone(),
-                self.fetched.clone(),
-            );
-            self.remote.runtime().spawn(async move {
-                let key = remote.object_key(ObjectNs::Chunk, &h);
-                match get_verified(&remote.client(), remote.spec(), key, h, ObjectNs::Chunk).await {
-                    Ok(bytes) => {
-                        fetched.fetch_add(1, Ordering::Relaxed);
-                        if let Err(e) = keep(&local, &layout, &h, &bytes) {
-                            log::warn!("read-ahead of chunk {h}: {e}");
-                        }
-                    }
-                    Err(e) => log::warn!("read-ahead of chunk {h}: {e}"),
-                }
-                if let Ok(mut f) = in_flight.lock() {
-                    f.remove(&h);
-                }
-            });
+            self.fetcher.start_if_absent(ObjectNs::Chunk, &h);
         }
     }
 
-    /// Fetch one object on the client's runtime (never on the calling thread, which may be a
-    /// sandboxed device thread), keep it locally, and return its bytes.
+    /// Fetch one object for a reader, and (a chunk) start reading ahead of it.
     fn fetch(&self, ns: ObjectNs, hash: &ContentHash) -> Result<Vec<u8>> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let (remote, local, layout, h) = (
-            self.remote.clone(),
-            self.local.clone(),
-            self.layout.clone(),
-            *hash,
-        );
-        self.remote.runtime().spawn(async move {
-            let key = remote.object_key(ns, &h);
-            let res = get_verified(&remote.client(), remote.spec(), key, h, ns).await;
-            let res = res.and_then(|bytes| {
-                if ns == ObjectNs::Chunk {
-                    keep(&local, &layout, &h, &bytes)?;
-                }
-                Ok(bytes)
-            });
-            let _ = tx.send(res);
-        });
-        let res = match rx.recv_timeout(FETCH_TIMEOUT) {
-            Ok(r) => r,
-            Err(_) => Err(StoreError::Io {
-                what: format!(
-                    "region {}: fetch {} {hash}",
-                    self.remote.spec().name,
-                    ns.dir()
-                ),
-                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-            }),
-        };
+        let slot = self.fetcher.start(ns, hash);
+        if ns == ObjectNs::Chunk {
+            self.read_ahead(hash);
+        }
+        let res = self.fetcher.wait(&slot, ns, hash);
         match &res {
-            Ok(_) => {
-                self.fetched.fetch_add(1, Ordering::Relaxed);
-                log::info!(
-                    "fetched {} {hash} from region {}",
-                    ns.dir(),
-                    self.remote.spec().name
-                );
-            }
+            Ok(_) => log::info!(
+                "fetched {} {hash} from region {}",
+                ns.dir(),
+                self.remote.spec().name
+            ),
             Err(e) => log::error!("lazy read of {} {hash}: {e}", ns.dir()),
         }
         res
     }
-}
 
-/// Keep a verified object in the local store (atomically: staged, fsynced, renamed).
-fn keep(local: &LocalDir, layout: &Layout, hash: &ContentHash, bytes: &[u8]) -> Result<()> {
-    if local.object_exists(ObjectNs::Chunk, hash)? {
-        return Ok(());
+    /// A blob on its way into the region's cache: its cached file once it arrived; `None`
+    /// when no fetch of it is under way or that fetch failed (the caller asks the region).
+    fn early_blob(&self, hash: &ContentHash) -> Option<PathBuf> {
+        let slot = self.fetcher.pending(ObjectNs::Blob, hash)?;
+        self.fetcher.wait(&slot, ObjectNs::Blob, hash).ok()?;
+        Some(self.remote.cached_path(ObjectNs::Blob, hash))
     }
-    let p = fsio::write_temp(&layout.tmp(), "lazy", bytes)?;
-    local.put_objects(&[(ObjectNs::Chunk, *hash, p)])
 }
 
 /// Manifests come from the region when the local store lacks them.
@@ -269,6 +250,11 @@ impl ObjectStore for LazyRegion {
         if relock(&self.present).contains(&(ns, *hash)) {
             return Ok(true);
         }
+        if ns == ObjectNs::Blob
+            && (self.remote.cached_path(ns, hash).is_file() || self.early_blob(hash).is_some())
+        {
+            return Ok(true);
+        }
         let (remote, h) = (self.remote.clone(), *hash);
         log::debug!("region: HEAD {ns:?} {h}");
         let there = self
@@ -284,11 +270,7 @@ impl ObjectStore for LazyRegion {
         if self.local.object_exists(ns, hash)? {
             return self.local.open_object(ns, hash);
         }
-        let bytes = self.fetch(ns, hash)?;
-        if ns == ObjectNs::Chunk {
-            self.read_ahead(hash);
-        }
-        Ok(Box::new(super::s3::Bytes(bytes)))
+        Ok(Box::new(super::s3::Bytes(self.fetch(ns, hash)?)))
     }
 
     fn object_path(&self, ns: ObjectNs, hash: &ContentHash) -> Result<PathBuf> {
@@ -296,6 +278,9 @@ impl ObjectStore for LazyRegion {
             return self.local.object_path(ns, hash);
         }
         // Kernels and initrds: needed whole before the VM starts, kept in the region's cache.
+        if let Some(p) = self.early_blob(hash) {
+            return Ok(p);
+        }
         let (remote, h) = (self.remote.clone(), *hash);
         log::debug!("region: GET {ns:?} {h}");
         self.worker
@@ -322,16 +307,27 @@ impl ObjectStore for LazyRegion {
                 if let Some(doc) = relock(&self.docs).get(&memo) {
                     return Ok(doc.clone());
                 }
+                if *collection == Collection::Snapshots {
+                    self.prefetch_blobs_of(id);
+                }
                 let (remote, c, i) = (self.remote.clone(), collection.clone(), id.to_string());
                 log::debug!("region: GET {c:?} {i}");
                 let doc = self
                     .worker
                     .run("region: GET", move || remote.get_doc(&c, &i))?;
                 relock(&self.docs).insert(memo, doc.clone());
-                if let (Collection::Snapshots, Some(bytes)) = (collection, &doc) {
-                    if let Ok(s) = serde_json::from_slice::<Snapshot>(bytes) {
-                        self.learn(&s);
+                match (collection, &doc) {
+                    (Collection::Snapshots, Some(bytes)) => {
+                        if let Ok(s) = serde_json::from_slice::<Snapshot>(bytes) {
+                            self.learn(&s);
+                        }
                     }
+                    (Collection::Images, Some(bytes)) => {
+                        if let Ok(i) = serde_json::from_slice::<Image>(bytes) {
+                            self.learn_image(&i);
+                        }
+                    }
+                    _ => {}
                 }
                 Ok(doc)
             }

@@ -14,6 +14,8 @@
 pub mod config;
 pub mod copy;
 pub mod credentials;
+pub mod fetcher;
+pub mod inflight;
 pub mod lazy;
 pub mod s3;
 pub mod transfer;

@@ -113,7 +113,11 @@ impl S3Dir {
                 ClientOptions::new()
                     .with_connect_timeout(CONNECT_TIMEOUT)
                     .with_timeout(REQUEST_TIMEOUT)
-                    .with_allow_http(true),
+                    .with_allow_http(true)
+                    // A plain-HTTP endpoint never verifies a certificate: skip loading the
+                    // system's trust store (~150 files under /etc/ssl/certs, 10-20 ms of every
+                    // command that opens the region, before its first request).
+                    .with_no_system_certificates(spec.plain_http()),
             )
             .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
         if let Some(e) = &spec.endpoint {
@@ -164,6 +168,19 @@ impl S3Dir {
     /// A handle for concurrent transfers (see [`super::transfer`]).
     pub fn client(&self) -> Arc<AmazonS3> {
         self.s3.clone()
+    }
+
+    /// Where [`ObjectStore::object_path`] keeps a downloaded object (kernels, initrds).
+    pub fn cached_path(&self, ns: ObjectNs, hash: &ContentHash) -> PathBuf {
+        self.cache.join(ns.dir()).join(hash.to_hex())
+    }
+
+    /// Keep verified bytes of an object at its [`S3Dir::cached_path`] (atomically).
+    pub fn keep_cached(&self, ns: ObjectNs, hash: &ContentHash, bytes: &[u8]) -> Result<PathBuf> {
+        let dest = self.cached_path(ns, hash);
+        fsio::mkdirs(&self.cache.join(ns.dir()))?;
+        fsio::write_atomic(&self.cache, &dest, bytes)?;
+        Ok(dest)
     }
 
     /// The key of an object (without the prefix when `prefix` is empty).
@@ -329,15 +346,12 @@ impl ObjectStore for S3Dir {
     }
 
     fn object_path(&self, ns: ObjectNs, hash: &ContentHash) -> Result<PathBuf> {
-        let dest = self.cache.join(ns.dir()).join(hash.to_hex());
+        let dest = self.cached_path(ns, hash);
         if dest.is_file() {
             return Ok(dest);
         }
         let bytes = self.fetch_verified(ns, hash)?;
-        let dir = self.cache.join(ns.dir());
-        fsio::mkdirs(&dir)?;
-        fsio::write_atomic(&self.cache, &dest, &bytes)?;
-        Ok(dest)
+        self.keep_cached(ns, hash, &bytes)
     }
 
     fn list_objects(&self, ns: ObjectNs) -> Result<Vec<(ContentHash, u64)>> {
