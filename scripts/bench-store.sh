@@ -11,7 +11,7 @@
 #
 # Environment: AMIVM (default: target/release/amivm, built when older than the sources; AMIVM_BIN is
 # read too), BENCH_DIR (where the scratch directory goes, default $TMPDIR or /tmp: put it on the file
-# system under test; it needs about RUNS + 1 times the data, 1.2 GiB by default), SIZE_MIB (2048),
+# system under test; it needs about 3 RUNS + 1 times the data, 3.3 GiB by default), SIZE_MIB (2048),
 # DATA_PERCENT (10).
 set -euo pipefail
 # shellcheck source=lib/common.sh
@@ -54,12 +54,13 @@ create_t=(); cp_t=(); cpsync_t=(); copy_t=(); second_t=(); growth=()
 for run in $(seq 1 "$RUNS"); do
     S=$WORK/store-$run
     # Baseline first, then amivm, on the same warm page cache.
-    t0=$(now); cp --sparse=always "$SRC" "$WORK/copy.raw"; t1=$(now)
+    # The copies stay until the end, as the stores do: deleting 200 MiB here would have the
+    # file system free (and, mounted with -o discard, trim) it while image create runs.
+    t0=$(now); cp --sparse=always "$SRC" "$WORK/copy-$run.raw"; t1=$(now)
     cp_t+=("$(echo "$t1 - $t0" | bc)")
-    rm -f "$WORK/copy.raw"
-    t0=$(now); cp --sparse=always "$SRC" "$WORK/copy.raw"; sync "$WORK/copy.raw"; t1=$(now)
+    t0=$(now); cp --sparse=always "$SRC" "$WORK/copy-sync-$run.raw"; sync "$WORK/copy-sync-$run.raw"; t1=$(now)
     cpsync_t+=("$(echo "$t1 - $t0" | bc)")
-    rm -f "$WORK/copy.raw"
+    sync
 
     t0=$(now)
     AMI=$("$AMIVM_BIN" --store "$S" --account 123456789012 image create --name bench --kernel "$WORK/vmlinux" --root "$SRC")
