@@ -97,6 +97,66 @@ fn three_accounts_see_what_ec2_would_show_them() {
     assert_eq!(local["LaunchPermissions"], serde_json::json!([]));
 }
 
+/// `image rm --region`: only the owner deregisters a region's image; afterwards no account
+/// sees or pulls it there, its snapshot goes with --delete-snapshots, the chunks stay in
+/// the bucket (another image may share them) and the local store keeps its copy.
+#[test]
+fn the_owner_deregisters_a_regions_image() {
+    let moto = Moto::start();
+    let a = Host::new(&moto);
+    let b = Host::new(&moto);
+    let ami = image(&a, "gone", &[(0, 7), (3, 8)]);
+    a.ok(Some(OWNER), &["image", "push", &ami, "--region", REGION]);
+    a.ok(
+        Some(OWNER),
+        &["image", "share", &ami, FRIEND, "--region", REGION],
+    );
+    let snap = root_snapshot(&a.env, Some(OWNER), &ami);
+    let rm = [
+        "image",
+        "rm",
+        &ami,
+        "--delete-snapshots",
+        "--region",
+        REGION,
+    ];
+    let err = b.fails(Some(FRIEND), &rm);
+    assert!(err.contains("owner") || err.contains("may not"), "{err}");
+    let err = b.fails(Some(STRANGER), &rm);
+    assert!(err.contains("not found"), "{err}");
+    let keys = moto.keys();
+    assert!(
+        keys.iter().any(|k| k == &format!("images/{ami}.json")),
+        "{keys:?}"
+    );
+
+    let out = b.ok(Some(OWNER), &rm);
+    assert!(out.contains(&ami), "{out}");
+    let keys = moto.keys();
+    assert!(!keys.iter().any(|k| k.starts_with("images/")), "{keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.starts_with("snapshots/")),
+        "{keys:?}"
+    );
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("chunks/")).count(),
+        2,
+        "{keys:?}"
+    );
+    for acct in [OWNER, FRIEND] {
+        let ls = b.json(Some(acct), &["image", "ls", "--region", REGION]);
+        assert_eq!(ls, serde_json::json!([]));
+        let err = b.fails(Some(acct), &["image", "pull", &ami, "--region", REGION]);
+        assert!(err.contains("not found"), "{err}");
+    }
+    // A second rm is a clear not-found, and the local image is untouched.
+    let err = a.fails(Some(OWNER), &rm);
+    assert!(err.contains("not found"), "{err}");
+    let local = a.json(Some(OWNER), &["image", "show", &ami]);
+    assert_eq!(local["ImageId"], ami.as_str());
+    a.ok(Some(OWNER), &["snapshot", "show", &snap]);
+}
+
 #[test]
 fn concurrent_pushes_of_images_sharing_chunks_both_complete() {
     let moto = Moto::start();

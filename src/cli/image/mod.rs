@@ -101,6 +101,10 @@ pub enum ImageCmd {
         /// Also delete its snapshots that you own and nothing else uses.
         #[arg(long)]
         delete_snapshots: bool,
+        /// Deregister the region's image instead of the local store's (its chunks and blobs
+        /// stay in the bucket: other images may share them).
+        #[arg(long)]
+        region: Option<String>,
     },
     /// Write an image, its snapshots, chunks and blobs to a tar bundle (every chunk and blob
     /// is checked against its hash; the store is only read).
@@ -392,9 +396,15 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
         ImageCmd::Rm {
             ami,
             delete_snapshots,
+            region,
         } => {
-            let id = store.resolve_image(&caller, &ami)?.image_id;
-            let report = store.deregister_image(&caller, &id, delete_snapshots)?;
+            let (id, report) = region::merge(&store, region.as_deref(), |s| {
+                let id = s.resolve_image(&caller, &ami)?.image_id;
+                Ok((
+                    id.clone(),
+                    s.deregister_image(&caller, &id, delete_snapshots)?,
+                ))
+            })?;
             print_deregister(&id, &report, json)?;
         }
         ImageCmd::Export { ami, out } => {
