@@ -4,49 +4,12 @@
  */
 #include "blk.h"
 
-/* virtio-mmio register offsets (4.2.2). */
-#define MMIO_MAGIC 0x000
-#define MMIO_VERSION 0x004
-#define MMIO_DEVICE_ID 0x008
-#define MMIO_DEVICE_FEATURES 0x010
-#define MMIO_DEVICE_FEATURES_SEL 0x014
-#define MMIO_DRIVER_FEATURES 0x020
-#define MMIO_DRIVER_FEATURES_SEL 0x024
-#define MMIO_QUEUE_SEL 0x030
-#define MMIO_QUEUE_NUM_MAX 0x034
-#define MMIO_QUEUE_NUM 0x038
-#define MMIO_QUEUE_READY 0x044
-#define MMIO_QUEUE_NOTIFY 0x050
-#define MMIO_INTERRUPT_STATUS 0x060
-#define MMIO_INTERRUPT_ACK 0x064
-#define MMIO_STATUS 0x070
-#define MMIO_QUEUE_DESC_LOW 0x080
-#define MMIO_QUEUE_DESC_HIGH 0x084
-#define MMIO_QUEUE_DRIVER_LOW 0x090
-#define MMIO_QUEUE_DRIVER_HIGH 0x094
-#define MMIO_QUEUE_DEVICE_LOW 0x0a0
-#define MMIO_QUEUE_DEVICE_HIGH 0x0a4
-#define MMIO_CONFIG_GENERATION 0x0fc
-#define MMIO_CONFIG 0x100
-/* "virt" in little endian (4.2.2, MagicValue). */
-#define MMIO_MAGIC_VALUE 0x74726976
-/* Version 2: the non-legacy interface. */
-#define MMIO_VERSION_MODERN 2
 /* Device ID of a block device (5). */
 #define VIRTIO_ID_BLOCK 2
 /* virtio_blk_config.capacity, in 512-byte sectors (5.2.4). */
 #define BLK_CONFIG_CAPACITY 0
 
-/* Device status bits (2.1). */
-#define STATUS_ACKNOWLEDGE 1
-#define STATUS_DRIVER 2
-#define STATUS_DRIVER_OK 4
-#define STATUS_FEATURES_OK 8
-#define STATUS_DEVICE_NEEDS_RESET 64
-#define STATUS_FAILED 128
-
-/* Feature bits (6 and 5.2.3). */
-#define VIRTIO_F_VERSION_1 (1UL << 32)
+/* Feature bits (5.2.3). */
 #define VIRTIO_BLK_F_SEG_MAX (1UL << 2)
 #define VIRTIO_BLK_F_RO (1UL << 5)
 #define VIRTIO_BLK_F_BLK_SIZE (1UL << 6)
@@ -167,37 +130,10 @@ static int request(u32 type, u64 sector, u32 data_len, int data_writable, u32 *l
 	return ok;
 }
 
-/*
- * Parses "SIZE@ADDR:IRQ" of the blk_dev=N-th (default first) virtio_mmio.device= word (Linux
- * drivers/virtio/virtio_mmio.c syntax).
- */
+/* The blk_dev=N-th (default first) virtio_mmio.device= word's device and interrupt. */
 static int find_device(u64 *irq)
 {
-	uptr len;
-	u64 index = 0;
-	const char *sel = cmdline_value("blk_dev", &len);
-	if (sel && !parse_u64(sel, len, &index))
-		return 0;
-	const char *v = cmdline_nth_value("virtio_mmio.device", (u32)index, &len);
-	if (!v)
-		return 0;
-	const char *at = NULL, *colon = NULL;
-	for (uptr i = 0; i < len; i++) {
-		if (v[i] == '@' && !at)
-			at = v + i;
-		else if (v[i] == ':' && at && !colon)
-			colon = v + i;
-	}
-	u64 addr;
-	if (!at || !colon || !parse_u64(at + 1, (uptr)(colon - at - 1), &addr))
-		return 0;
-	const char *irq_end = colon + 1;
-	while (irq_end < v + len && *irq_end != ':')
-		irq_end++;
-	if (!parse_u64(colon + 1, (uptr)(irq_end - colon - 1), irq))
-		return 0;
-	mmio = addr;
-	return 1;
+	return virtio_mmio_find("blk_dev", 0, &mmio, irq);
 }
 
 static const char *init_device(void)
@@ -245,15 +181,8 @@ static const char *init_device(void)
 	if (max == 0)
 		return "queue 0 not available";
 	blk_queue_size = max < QUEUE_SIZE ? (u16)max : QUEUE_SIZE;
-	wr(MMIO_QUEUE_NUM, blk_queue_size);
-	wr(MMIO_QUEUE_DESC_LOW, (u32)(uptr)blk_desc);
-	wr(MMIO_QUEUE_DESC_HIGH, (u32)((uptr)blk_desc >> 32));
-	wr(MMIO_QUEUE_DRIVER_LOW, (u32)(uptr)&avail);
-	wr(MMIO_QUEUE_DRIVER_HIGH, (u32)((uptr)&avail >> 32));
-	wr(MMIO_QUEUE_DEVICE_LOW, (u32)(uptr)&used);
-	wr(MMIO_QUEUE_DEVICE_HIGH, (u32)((uptr)&used >> 32));
 	avail.flags = VIRTQ_AVAIL_F_NO_INTERRUPT;
-	wr(MMIO_QUEUE_READY, 1);
+	virtio_mmio_queue(mmio, 0, blk_queue_size, (uptr)blk_desc, (uptr)&avail, (uptr)&used);
 	wr(MMIO_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
 	if (rd(MMIO_STATUS) & (STATUS_DEVICE_NEEDS_RESET | STATUS_FAILED))
 		return "device failed after DRIVER_OK";

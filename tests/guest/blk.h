@@ -5,13 +5,7 @@
 #ifndef AMIVM_GUEST_BLK_H
 #define AMIVM_GUEST_BLK_H
 
-#include "guest.h"
-
-/* Split virtqueue descriptor flags (2.7.5). */
-#define VIRTQ_DESC_F_NEXT 1
-#define VIRTQ_DESC_F_WRITE 2
-/* Available ring flag: the driver polls and wants no interrupts (2.7.7). */
-#define VIRTQ_AVAIL_F_NO_INTERRUPT 1
+#include "virtio_mmio.h"
 
 /* virtio-blk request types and statuses (5.2.6). */
 #define VIRTIO_BLK_T_IN 0
@@ -32,13 +26,6 @@
 #define DATA_SECTORS 64
 /* The status byte before the device writes it: not a status the spec defines. */
 #define STATUS_UNWRITTEN 0xff
-
-struct virtq_desc {
-	u64 addr;
-	u32 len;
-	u16 flags;
-	u16 next;
-};
 
 struct blk_req_hdr {
 	u32 type;

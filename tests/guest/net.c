@@ -4,39 +4,12 @@
  * router (RFC 826) and prints its MAC. `net_dev=N` picks the N-th virtio_mmio.device= word
  * (default: the last one, where amivm and QEMU put the card after the disks).
  */
-#include "blk.h"
+#include "virtio_mmio.h"
 
-#define MMIO_MAGIC 0x000
-#define MMIO_VERSION 0x004
-#define MMIO_DEVICE_ID 0x008
-#define MMIO_DEVICE_FEATURES 0x010
-#define MMIO_DEVICE_FEATURES_SEL 0x014
-#define MMIO_DRIVER_FEATURES 0x020
-#define MMIO_DRIVER_FEATURES_SEL 0x024
-#define MMIO_QUEUE_SEL 0x030
-#define MMIO_QUEUE_NUM_MAX 0x034
-#define MMIO_QUEUE_NUM 0x038
-#define MMIO_QUEUE_READY 0x044
-#define MMIO_QUEUE_NOTIFY 0x050
-#define MMIO_INTERRUPT_STATUS 0x060
-#define MMIO_INTERRUPT_ACK 0x064
-#define MMIO_STATUS 0x070
-#define MMIO_QUEUE_DESC_LOW 0x080
-#define MMIO_QUEUE_DESC_HIGH 0x084
-#define MMIO_QUEUE_DRIVER_LOW 0x090
-#define MMIO_QUEUE_DRIVER_HIGH 0x094
-#define MMIO_QUEUE_DEVICE_LOW 0x0a0
-#define MMIO_QUEUE_DEVICE_HIGH 0x0a4
-#define MMIO_CONFIG 0x100
-#define MMIO_MAGIC_VALUE 0x74726976
 /* Device ID of a network card (5). */
 #define VIRTIO_ID_NET 1
-#define VIRTIO_F_VERSION_1 (1UL << 32)
+/* The device has a MAC address in its config space (5.1.3). */
 #define VIRTIO_NET_F_MAC (1UL << 5)
-#define ST_ACK 1
-#define ST_DRIVER 2
-#define ST_DRIVER_OK 4
-#define ST_FEATURES_OK 8
 /* struct virtio_net_hdr with VERSION_1 (5.1.6). */
 #define NET_HDR 12
 #define NQ 8
@@ -90,47 +63,16 @@ static void put_mac(const u8 *p)
 	}
 }
 
+/* The net_dev=N-th (default: the last) virtio_mmio.device= word's device. */
 static int find_device(void)
 {
-	uptr len;
-	u64 index = 0;
-	const char *sel = cmdline_value("net_dev", &len);
-	if (sel) {
-		if (!parse_u64(sel, len, &index))
-			return 0;
-	} else {
-		while (cmdline_nth_value("virtio_mmio.device", (u32)index + 1, &len))
-			index++;
-	}
-	const char *v = cmdline_nth_value("virtio_mmio.device", (u32)index, &len);
-	if (!v)
-		return 0;
-	const char *at = NULL, *colon = NULL;
-	for (uptr i = 0; i < len; i++) {
-		if (v[i] == '@' && !at)
-			at = v + i;
-		else if (v[i] == ':' && at && !colon)
-			colon = v + i;
-	}
-	u64 addr;
-	if (!at || !colon || !parse_u64(at + 1, (uptr)(colon - at - 1), &addr))
-		return 0;
-	mmio = addr;
-	return 1;
+	return virtio_mmio_find("net_dev", 1, &mmio, NULL);
 }
 
 static void setup_queue(u32 sel, struct ring *q)
 {
-	wr(MMIO_QUEUE_SEL, sel);
-	wr(MMIO_QUEUE_NUM, NQ);
-	wr(MMIO_QUEUE_DESC_LOW, (u32)(uptr)q->desc);
-	wr(MMIO_QUEUE_DESC_HIGH, 0);
-	wr(MMIO_QUEUE_DRIVER_LOW, (u32)(uptr)&q->avail);
-	wr(MMIO_QUEUE_DRIVER_HIGH, 0);
-	wr(MMIO_QUEUE_DEVICE_LOW, (u32)(uptr)&q->used);
-	wr(MMIO_QUEUE_DEVICE_HIGH, 0);
 	q->avail.flags = VIRTQ_AVAIL_F_NO_INTERRUPT;
-	wr(MMIO_QUEUE_READY, 1);
+	virtio_mmio_queue(mmio, sel, NQ, (uptr)q->desc, (uptr)&q->avail, (uptr)&q->used);
 }
 
 static void post_rx(u16 i)
@@ -150,8 +92,8 @@ static const char *init_device(void)
 	if (rd(MMIO_DEVICE_ID) != VIRTIO_ID_NET)
 		return "not a network card";
 	wr(MMIO_STATUS, 0);
-	wr(MMIO_STATUS, ST_ACK);
-	wr(MMIO_STATUS, ST_ACK | ST_DRIVER);
+	wr(MMIO_STATUS, STATUS_ACKNOWLEDGE);
+	wr(MMIO_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
 	wr(MMIO_DEVICE_FEATURES_SEL, 0);
 	u64 dev = rd(MMIO_DEVICE_FEATURES);
 	wr(MMIO_DEVICE_FEATURES_SEL, 1);
@@ -163,8 +105,8 @@ static const char *init_device(void)
 	wr(MMIO_DRIVER_FEATURES, (u32)want);
 	wr(MMIO_DRIVER_FEATURES_SEL, 1);
 	wr(MMIO_DRIVER_FEATURES, (u32)(want >> 32));
-	wr(MMIO_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK);
-	if (!(rd(MMIO_STATUS) & ST_FEATURES_OK))
+	wr(MMIO_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+	if (!(rd(MMIO_STATUS) & STATUS_FEATURES_OK))
 		return "features refused";
 	for (int i = 0; i < 6; i++)
 		mac[i] = mmio_read8(mmio + MMIO_CONFIG + i);
@@ -172,7 +114,7 @@ static const char *init_device(void)
 	setup_queue(1, &txq);
 	for (u16 i = 0; i < NQ; i++)
 		post_rx(i);
-	wr(MMIO_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
+	wr(MMIO_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
 	wr(MMIO_QUEUE_NOTIFY, 0);
 	return NULL;
 }
