@@ -92,8 +92,14 @@ impl Fetcher {
                     fetched.fetch_add(1, Ordering::Relaxed);
                     let bytes = Arc::new(bytes);
                     out.fill(Ok(bytes.clone()));
-                    if let Err(e) = keep(&local, &layout, &h, &bytes) {
-                        log::warn!("keeping chunk {h}: {e}");
+                    // Off the runtime's threads: the write and its fsyncs must not hold up
+                    // the other fetches' responses.
+                    let kept =
+                        tokio::task::spawn_blocking(move || keep(&local, &layout, &h, &bytes));
+                    match kept.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => log::warn!("keeping chunk {h}: {e}"),
+                        Err(e) => log::warn!("keeping chunk {h}: {e}"),
                     }
                 }
                 (Ok(bytes), _) => {
