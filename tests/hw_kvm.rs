@@ -125,6 +125,34 @@ fn debian_disk(name: &str) -> Option<std::path::PathBuf> {
     Some(disk)
 }
 
+/// A fresh store (and HOME) holding the recipe's disk registered as `debian-12`.
+struct DebianStore {
+    tmp: tempfile::TempDir,
+}
+
+impl DebianStore {
+    fn new(disk: &Path) -> DebianStore {
+        let d = DebianStore {
+            tmp: tempfile::tempdir().unwrap(),
+        };
+        let disk = disk.to_str().unwrap();
+        let args = ["image", "create", "--name", "debian-12", "--disk", disk];
+        let out = d.amivm(&args, 300);
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        d
+    }
+
+    /// `amivm ARGS` on this store, given `limit` seconds.
+    fn amivm(&self, args: &[&str], limit: u64) -> common::RunOutput {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_amivm"));
+        c.arg("--store")
+            .arg(self.tmp.path().join("store"))
+            .args(args);
+        c.env("HOME", self.tmp.path());
+        run_with_deadline(c, Duration::from_secs(limit))
+    }
+}
+
 /// The Debian 12 AMI of the recipe (issue 9, test 6): boots on t3.micro to its banner; a guest
 /// `poweroff` (the ACPI sleep register) leaves the instance `stopped`; `amivm stop` presses the
 /// ACPI power button and systemd shuts down cleanly within the grace period; create-image of
@@ -134,24 +162,8 @@ fn debian_12_ami_boots_powers_off_and_stops_cleanly() {
     let Some(disk) = debian_disk("debian_12_ami_boots_powers_off_and_stops_cleanly") else {
         return;
     };
-    let store = tempfile::tempdir().unwrap();
-    let amivm = |args: &[&str], limit: u64| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_amivm"));
-        c.arg("--store").arg(store.path()).args(args);
-        run_with_deadline(c, Duration::from_secs(limit))
-    };
-    let out = amivm(
-        &[
-            "image",
-            "create",
-            "--name",
-            "debian-12",
-            "--disk",
-            disk.to_str().unwrap(),
-        ],
-        300,
-    );
-    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let d = DebianStore::new(&disk);
+    let amivm = |args: &[&str], limit: u64| d.amivm(args, limit);
     // Banner and a root shell on the console.
     let out = amivm(
         &[
@@ -243,26 +255,9 @@ fn debian_12_ami_takes_its_key_and_user_data_and_amivm_ssh_logs_in() {
     let Some(disk) = debian_disk(NAME) else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("store");
-    let amivm = |args: &[&str], limit: u64| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_amivm"));
-        c.arg("--store").arg(&store).args(args);
-        c.env("HOME", tmp.path());
-        run_with_deadline(c, Duration::from_secs(limit))
-    };
-    let out = amivm(
-        &[
-            "image",
-            "create",
-            "--name",
-            "debian-12",
-            "--disk",
-            disk.to_str().unwrap(),
-        ],
-        300,
-    );
-    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let d = DebianStore::new(&disk);
+    let tmp = &d.tmp;
+    let amivm = |args: &[&str], limit: u64| d.amivm(args, limit);
     let key = tmp.path().join("mykey");
     let out = amivm(
         &[
