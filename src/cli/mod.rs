@@ -88,8 +88,9 @@ pub enum Command {
     /// Inspect snapshots.
     #[command(subcommand)]
     Snapshot(image::SnapshotCmd),
-    /// Remove chunks and blobs nothing references, and leftover temporary files.
-    Gc,
+    /// Remove chunks and blobs nothing references, and leftover temporary files (with
+    /// --region: a region's chunks, blobs and snapshot manifests no image there names).
+    Gc(region::GcArgs),
     /// Check the image store itself (`store verify`).
     #[command(subcommand)]
     Store(image::StoreCmd),
@@ -128,7 +129,8 @@ pub fn main() -> i32 {
         Command::Boot(args) => boot::run(args),
         Command::Image(cmd) => image::run_image(cmd, &cli.global),
         Command::Snapshot(cmd) => image::run_snapshot(cmd, &cli.global),
-        Command::Gc => image::run_gc(&cli.global),
+        Command::Gc(a) if a.region.is_some() => region::run_gc(a, &cli.global),
+        Command::Gc(_) => image::run_gc(&cli.global),
         Command::Store(cmd) => image::run_store(cmd, &cli.global),
         Command::Instance(cmd) => instance::run(cmd, &cli.global),
         Command::Serve(args) => serve::run(args, &cli.global),

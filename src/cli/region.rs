@@ -3,9 +3,10 @@
 use super::image::progress::Bar;
 use super::output::{open_store, print_json, print_out, table};
 use super::{GlobalOpts, OutputFormat};
+use crate::store::region::lock::{LockKind, RegionLock};
 use crate::store::region::{Region, RegionSpec, LOCAL_REGION};
 use crate::store::Store;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde_json::json;
 
 #[derive(Debug, Subcommand)]
@@ -179,5 +180,71 @@ pub fn merge<T>(
     Ok(match target(local, region)? {
         (_, Some(r)) => r.retry_merge(f)?,
         (s, None) => f(&s)?,
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Collect a region instead of the local store: it runs alone there (pushes and copies
+    /// into the region wait for it, and it for them).
+    #[arg(long, value_name = "R")]
+    pub region: Option<String>,
+    /// With --region: report what would be removed, remove nothing.
+    #[arg(long, requires = "region")]
+    pub dry_run: bool,
+}
+
+/// `gc --region R [--dry-run]`.
+pub fn run_gc(args: GcArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
+    let (local, _) = open_store(g)?;
+    let name = args.region.as_deref().unwrap_or(LOCAL_REGION);
+    let r = local.open_region(name)?;
+    let rep = crate::store::region::gc::gc_region(&r, args.dry_run)?;
+    if g.output == OutputFormat::Json {
+        print_json(&rep)?;
+    } else {
+        println!(
+            "region {}: {} {} chunks, {} blobs, {} snapshot manifests ({}), {} stale locks; kept {} chunks, {} blobs of {} images",
+            rep.region,
+            if rep.dry_run { "would remove" } else { "removed" },
+            rep.chunks_removed,
+            rep.blobs_removed,
+            rep.snapshots_removed,
+            super::image::render::human(rep.bytes_freed),
+            rep.stale_locks_removed,
+            rep.chunks_kept,
+            rep.blobs_kept,
+            rep.images
+        );
+    }
+    Ok(0)
+}
+
+/// `image rm AMI [--region R] [--delete-snapshots]`: the image's id and what was removed.
+pub fn deregister(
+    local: &Store,
+    caller: &crate::store::AccountId,
+    ami: &str,
+    region: Option<&str>,
+    delete_snapshots: bool,
+) -> anyhow::Result<(
+    crate::store::ImageId,
+    crate::store::images::DeregisterReport,
+)> {
+    let (store, r) = target(local, region)?;
+    // Deleting a region's snapshot manifests runs alone there, as gc does: a push naming the
+    // same snapshot cannot be between its check and its manifest.
+    let _alone = match (&r, delete_snapshots) {
+        (Some(r), true) => Some(RegionLock::acquire(&r.s3, LockKind::Gc)?),
+        _ => None,
+    };
+    let rm = |s: &Store| {
+        let id = s.resolve_image(caller, ami)?.image_id;
+        let report = s.deregister_image(caller, &id, delete_snapshots)?;
+        Ok((id, report))
+    };
+    Ok(match &r {
+        Some(r) => r.retry_merge(rm)?,
+        None => rm(&store)?,
     })
 }

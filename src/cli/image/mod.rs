@@ -6,7 +6,7 @@
 //! `cli::main`, which prints them on one line and exits with 125.
 
 pub(super) mod progress;
-mod render;
+pub(super) mod render;
 mod verify;
 
 pub use verify::{run_store, StoreCmd};
@@ -398,13 +398,8 @@ pub fn run_image(cmd: ImageCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
             delete_snapshots,
             region,
         } => {
-            let (id, report) = region::merge(&store, region.as_deref(), |s| {
-                let id = s.resolve_image(&caller, &ami)?.image_id;
-                Ok((
-                    id.clone(),
-                    s.deregister_image(&caller, &id, delete_snapshots)?,
-                ))
-            })?;
+            let (id, report) =
+                region::deregister(&store, &caller, &ami, region.as_deref(), delete_snapshots)?;
             print_deregister(&id, &report, json)?;
         }
         ImageCmd::Export { ami, out } => {

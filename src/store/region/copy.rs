@@ -2,6 +2,7 @@
 //! by the caller) in another region, sharing the source's chunks; what the target lacks is
 //! transferred first, checked against its hash, and the manifests are written last.
 
+use super::lock::{LockKind, RegionLock};
 use super::transfer::{fetch_batch, upload_all, Upload, UploadSource, PULL_BATCH};
 use super::Region;
 use crate::store::accounts::can_see;
@@ -52,6 +53,11 @@ pub fn copy_between(
             .flat_map(|s| s.chunks.iter().map(|c| (ObjectNs::Chunk, c.1))),
     );
     let _gc = from.store.gc_shared_lock()?;
+    // `gc --region` stays off the target region until the new manifests are written.
+    let _region_gc = match to.region {
+        Some(r) => Some(RegionLock::acquire(&r.s3, LockKind::Write)?),
+        None => None,
+    };
     let mut txn = to.store.begin()?;
     match (from.region, to.region) {
         (_, Some(dst)) => {

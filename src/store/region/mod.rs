@@ -15,8 +15,10 @@ pub mod config;
 pub mod copy;
 pub mod credentials;
 pub mod fetcher;
+pub mod gc;
 pub mod inflight;
 pub mod lazy;
+pub mod lock;
 pub mod s3;
 pub mod transfer;
 

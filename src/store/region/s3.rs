@@ -192,6 +192,11 @@ impl S3Dir {
         self.key(&format!("{}/{id}.json", c.dir()))
     }
 
+    /// The key of `rel` under the region's prefix (locks, see [`super::lock`]).
+    pub fn rel_key(&self, rel: &str) -> Key {
+        self.key(rel)
+    }
+
     fn key(&self, rel: &str) -> Key {
         if self.spec.prefix.is_empty() {
             Key::from(rel)

@@ -9,6 +9,7 @@
 //! objects and manifests in one local transaction: a damaged or missing object fails the pull
 //! with the local store unchanged.
 
+use super::lock::{LockKind, RegionLock};
 use super::s3::{get_verified, S3Dir, MULTIPART_THRESHOLD};
 use super::Region;
 use crate::store::accounts::require_owner;
@@ -270,8 +271,10 @@ pub fn push_image(
         Err(StoreError::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
-    // Hold gc off the local objects while they are read.
+    // Hold gc off the local objects while they are read, and `gc --region` off the region's
+    // until the manifests that name them are written.
     let _gc = local.gc_shared_lock()?;
+    let _region_gc = RegionLock::acquire(&region.s3, LockKind::Write)?;
     let snaps: Vec<Snapshot> = image
         .snapshot_ids()
         .map(|id| local.snapshot(id))
