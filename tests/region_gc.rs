@@ -9,8 +9,8 @@ mod instance_common;
 mod region_common;
 mod store_common;
 
-use region_common::{Host, Moto, REGION};
-use store_common::{make_disk, root_snapshot, volume_hash, CHUNK, OWNER};
+use region_common::{assert_pulls_whole, Host, Moto, REGION};
+use store_common::{make_disk, CHUNK, OWNER};
 
 fn image(host: &Host, name: &str, data: &[(u64, u64)]) -> String {
     let disk = host.env.path(&format!("{name}.img"));
@@ -69,13 +69,7 @@ fn gc_removes_only_what_no_image_in_the_region_names() {
     assert_eq!(gc(&a, false)["ChunksRemoved"], 0);
 
     // What is left is whole: another host pulls y byte-identical.
-    let b = Host::new(&moto);
-    b.ok(Some(OWNER), &["image", "pull", &y, "--region", REGION]);
-    let snap = root_snapshot(&a.env, Some(OWNER), &y);
-    assert_eq!(
-        volume_hash(&b.env, Some(OWNER), &snap),
-        volume_hash(&a.env, Some(OWNER), &snap)
-    );
+    assert_pulls_whole(&moto, &a, &y);
 
     // Deregistered without --delete-snapshots: gc takes its snapshot manifest too.
     a.ok(Some(OWNER), &["image", "rm", &y, "--region", REGION]);
@@ -183,14 +177,7 @@ fn a_push_and_a_gc_at_once_never_leave_a_broken_image() {
         if !push.status.success() {
             a.ok(Some(OWNER), &["image", "push", &ami, "--region", REGION]);
         }
-        let c = Host::new(&moto);
-        c.ok(Some(OWNER), &["image", "pull", &ami, "--region", REGION]);
-        let snap = root_snapshot(&a.env, Some(OWNER), &ami);
-        assert_eq!(
-            volume_hash(&c.env, Some(OWNER), &snap),
-            volume_hash(&a.env, Some(OWNER), &snap),
-            "round {round}"
-        );
+        assert_pulls_whole(&moto, &a, &ami);
     }
     assert_eq!(count(&moto.keys(), "locks/"), 0);
 }

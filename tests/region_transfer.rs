@@ -7,7 +7,7 @@ mod instance_common;
 mod region_common;
 mod store_common;
 
-use region_common::{Host, Moto, Proxy, REGION};
+use region_common::{assert_pulls_whole, Host, Moto, Proxy, REGION};
 use store_common::{make_disk, root_snapshot, volume_hash, CHUNK, OWNER};
 
 /// A 4 MiB disk with 5 data chunks (the rest zeros): what an image's root volume holds.
@@ -209,13 +209,7 @@ fn a_push_cut_short_leaves_no_image_and_the_next_push_completes() {
         "{r}"
     );
     assert!(moto.keys().contains(&format!("images/{ami}.json")));
-    let b = Host::new(&moto);
-    b.ok(Some(OWNER), &["image", "pull", &ami, "--region", REGION]);
-    let snap = root_snapshot(&a.env, Some(OWNER), &ami);
-    assert_eq!(
-        volume_hash(&b.env, Some(OWNER), &snap),
-        volume_hash(&a.env, Some(OWNER), &snap)
-    );
+    assert_pulls_whole(&moto, &a, &ami);
 }
 
 /// `image copy` between two regions in one bucket (two prefixes) is a server-side copy: the

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use crate::api_common::venv;
-use crate::store_common::{Env, FAILED};
+use crate::store_common::{root_snapshot, volume_hash, Env, FAILED, OWNER};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -213,6 +213,19 @@ impl Host {
         assert!(err.starts_with("amivm: error: "), "{err}");
         err
     }
+}
+
+/// A new host pulls OWNER's `ami` from the region, and its root volume is byte-identical to
+/// the one in `from`'s local store.
+pub fn assert_pulls_whole(moto: &Moto, from: &Host, ami: &str) {
+    let b = Host::new(moto);
+    b.ok(Some(OWNER), &["image", "pull", ami, "--region", REGION]);
+    let snap = root_snapshot(&from.env, Some(OWNER), ami);
+    assert_eq!(
+        volume_hash(&b.env, Some(OWNER), &snap),
+        volume_hash(&from.env, Some(OWNER), &snap),
+        "{ami} pulled from the region"
+    );
 }
 
 /// A TCP proxy in front of the server that can be cut: every connection is closed and new
