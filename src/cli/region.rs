@@ -185,8 +185,8 @@ pub fn merge<T>(
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
-    /// Collect a region instead of the local store: it runs alone there (pushes and copies
-    /// into the region wait for it, and it for them).
+    /// Collect a region instead of the local store. It runs alone there: while it does,
+    /// pushes and copies into the region refuse, and it refuses while they run.
     #[arg(long, value_name = "R")]
     pub region: Option<String>,
     /// With --region: report what would be removed, remove nothing.
