@@ -118,7 +118,13 @@ fn ssh_reaches_the_guest_with_the_key_pair_and_the_images_user() {
         err.contains(GUEST_ANSWER),
         "ssh got the guest's line: {err}"
     );
-    let log = env.ok(&["logs", &id]);
+    // The guest prints its line after it answered, at emulator speed: wait for it.
+    let t0 = Instant::now();
+    let mut log = env.ok(&["logs", &id]);
+    while !log.contains("net_served=1") && t0.elapsed() < LISTEN_WAIT {
+        std::thread::sleep(Duration::from_millis(200));
+        log = env.ok(&["logs", &id]);
+    }
     assert!(log.contains("net_served=1"), "{log}");
     let _ = env.run(&["terminate", "--force", &id]);
 }
