@@ -25,10 +25,11 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    pub fn new(layout: &Layout, remote: Arc<S3Dir>) -> Fetcher {
+    /// Fetches from `remote` into `local`, the store at `layout` (staging under its `tmp/`).
+    pub fn new(local: Arc<LocalDir>, layout: &Layout, remote: Arc<S3Dir>) -> Fetcher {
         Fetcher {
             remote,
-            local: Arc::new(LocalDir::new(layout.clone())),
+            local,
             layout: layout.clone(),
             in_flight: Arc::new(InFlight::default()),
             fetched: Arc::new(AtomicU64::new(0)),

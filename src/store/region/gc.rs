@@ -109,8 +109,14 @@ pub fn gc_region(region: &Region, dry_run: bool) -> Result<RegionGcReport> {
     let mut snapshots = HashMap::new();
     for sid in images.iter().flat_map(|i| i.snapshot_ids()) {
         if !snapshots.contains_key(sid) {
-            if let Ok(s) = region.store.snapshot(sid) {
-                snapshots.insert(sid.clone(), s);
+            // A missing one is reported by `plan` with the image naming it; any other failure
+            // (the server, a damaged manifest) stops gc with its own message.
+            match region.store.snapshot(sid) {
+                Ok(s) => {
+                    snapshots.insert(sid.clone(), s);
+                }
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
             }
         }
     }

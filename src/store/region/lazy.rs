@@ -126,13 +126,14 @@ impl std::fmt::Debug for LazyRegion {
 
 impl LazyRegion {
     pub fn new(layout: &Layout, remote: Arc<S3Dir>) -> Result<LazyRegion> {
+        let local = Arc::new(LocalDir::new(layout.clone()));
         Ok(LazyRegion {
             worker: Worker::start()?,
-            local: Arc::new(LocalDir::new(layout.clone())),
+            local: local.clone(),
             layout: layout.clone(),
             remote: remote.clone(),
             next: Mutex::new(HashMap::new()),
-            fetcher: Fetcher::new(layout, remote.clone()),
+            fetcher: Fetcher::new(local, layout, remote),
             early_blobs: Mutex::new(Vec::new()),
             docs: Mutex::new(HashMap::new()),
             present: Mutex::new(HashSet::new()),

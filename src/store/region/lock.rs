@@ -116,11 +116,12 @@ impl RegionLock {
     /// Create a lock of `kind` in `s3`'s region and check that nobody holds one that excludes
     /// it; when somebody does, the lock is removed again and the error (exit 125) names it.
     pub fn acquire(s3: &Arc<S3Dir>, kind: LockKind) -> Result<RegionLock> {
-        let name = lock_name(kind, &host_name(), std::process::id(), rand::random());
+        let host = host_name();
+        let name = lock_name(kind, &host, std::process::id(), rand::random());
         let key = s3.rel_key(&format!("{LOCKS_DIR}/{name}"));
         let body = serde_json::json!({
             "Kind": kind.word(),
-            "Host": host_name(),
+            "Host": host,
             "Pid": std::process::id(),
         });
         let put = s3.block_on(s3.client().put_opts(
