@@ -272,6 +272,35 @@ fn snapshots_in_use_are_never_deleted() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].data["State"], "terminated");
 
+    // A record whose snapshot lives elsewhere (an instance launched from a region, whose
+    // record was written through the region) can still be changed here, but cannot gain a
+    // reference the store lacks.
+    let remote = amivm::store::SnapshotId::generate();
+    let mut far = rec.clone();
+    far.id = "i-0000000000000000b".into();
+    far.refs.snapshot_ids = vec![remote.clone()];
+    std::fs::write(
+        env.store.join(format!("records/instances/{}.json", far.id)),
+        serde_json::to_vec_pretty(&far).unwrap(),
+    )
+    .unwrap();
+    store
+        .update_record::<serde_json::Value, _>("instances", &far.id, |cur| {
+            let mut r = cur.unwrap();
+            r.data["State"] = "terminated".into();
+            Ok(Some(r))
+        })
+        .unwrap();
+    let gained = store.update_record::<serde_json::Value, _>("instances", &far.id, |cur| {
+        let mut r = cur.unwrap();
+        r.refs
+            .snapshot_ids
+            .push(amivm::store::SnapshotId::generate());
+        Ok(Some(r))
+    });
+    assert!(matches!(gained, Err(StoreError::NotFound(_))), "{gained:?}");
+    assert!(store.delete_record("instances", &far.id).unwrap());
+
     // Once the record is gone, the snapshot can go, and gc frees its chunks.
     assert!(store.delete_record("instances", &rec.id).unwrap());
     store.delete_snapshot(&owner, &snap).unwrap();

@@ -29,6 +29,24 @@ pub struct StoreRefs {
 }
 
 impl StoreRefs {
+    /// The references of `self` that `known` does not have.
+    pub fn without(&self, known: &StoreRefs) -> StoreRefs {
+        StoreRefs {
+            snapshot_ids: self
+                .snapshot_ids
+                .iter()
+                .filter(|s| !known.snapshot_ids.contains(s))
+                .cloned()
+                .collect(),
+            blobs: self
+                .blobs
+                .iter()
+                .filter(|b| !known.blobs.contains(b))
+                .copied()
+                .collect(),
+        }
+    }
+
     /// Everything an instance of `image` needs: its snapshots, kernel and initrd (so a
     /// stopped instance can start again after the image is deregistered).
     pub fn of_image(image: &Image) -> Self {
@@ -125,6 +143,10 @@ impl Store {
 
     fn put_record_locked<T: Serialize>(&self, kind: &str, rec: &Record<T>) -> Result<()> {
         self.check_refs(&rec.refs)?;
+        self.commit_record(kind, rec)
+    }
+
+    fn commit_record<T: Serialize>(&self, kind: &str, rec: &Record<T>) -> Result<()> {
         self.backend().commit_docs(vec![DocOp::Put {
             collection: Collection::Records(kind.into()),
             id: rec.id.clone(),
@@ -145,6 +167,9 @@ impl Store {
         let _lock = self.lock()?;
         let current = self.get_record::<T>(kind, id)?;
         let existed = current.is_some();
+        // Only references the record gains are checked: one it already had may live elsewhere
+        // (an instance launched from a region reads its snapshots there).
+        let known = current.as_ref().map(|c| c.refs.clone()).unwrap_or_default();
         let next = f(current)?;
         match &next {
             Some(rec) => {
@@ -154,7 +179,8 @@ impl Store {
                         rec.id
                     )));
                 }
-                self.put_record_locked(kind, rec)?;
+                self.check_refs(&rec.refs.without(&known))?;
+                self.commit_record(kind, rec)?;
             }
             None if existed => {
                 self.backend().commit_docs(vec![DocOp::Delete {
