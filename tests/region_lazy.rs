@@ -10,9 +10,9 @@ mod region_common;
 mod store_common;
 
 use common::{run_with_deadline, Report};
-use region_common::{Host, Moto, Proxy, REGION};
+use region_common::{push_guest_image, read_line, Host, Moto, Proxy, REGION};
 use std::time::Duration;
-use store_common::{make_disk, CHUNK, OWNER, STRANGER};
+use store_common::{CHUNK, OWNER, STRANGER};
 
 /// 16 data chunks: an 8 MiB root volume full of noise.
 const CHUNKS: u64 = 16;
@@ -21,48 +21,6 @@ const SECTOR_OF_CHUNK5: u64 = 5 * CHUNK / 512;
 
 fn sum64(bytes: &[u8]) -> u64 {
     common::report::sum64(bytes)
-}
-
-/// The guest's `blk read` line for `sector`: (status, sum).
-fn read_line(r: &Report, sector: u64) -> (String, Option<u64>) {
-    let rec = r
-        .records("blk")
-        .into_iter()
-        .find(|rec| {
-            rec.words.first().map(String::as_str) == Some("read")
-                && rec.field("sector") == Some(&sector.to_string())
-        })
-        .unwrap_or_else(|| r.fail(&format!("no `blk read sector={sector}` line")));
-    (
-        rec.field("status").unwrap_or("").to_string(),
-        rec.field("sum").and_then(common::report::parse_num),
-    )
-}
-
-/// Host A makes and pushes the guest AMI; returns (host, AMI, the disk's bytes).
-fn pushed(moto: &Moto) -> (Host, String, Vec<u8>) {
-    let a = Host::new(moto);
-    let disk = a.env.path("root.img");
-    let data: Vec<(u64, u64)> = (0..CHUNKS).map(|i| (i, 50 + i)).collect();
-    make_disk(&disk, CHUNKS * CHUNK, &data);
-    let guest = common::build_guest();
-    let out = a.ok(
-        Some(OWNER),
-        &[
-            "image",
-            "create",
-            "--name",
-            "guest",
-            "--kernel",
-            guest.to_str().unwrap(),
-            "--root",
-            disk.to_str().unwrap(),
-        ],
-    );
-    let ami = out.trim().to_string();
-    a.ok(Some(OWNER), &["image", "push", &ami, "--region", REGION]);
-    let bytes = std::fs::read(&disk).unwrap();
-    (a, ami, bytes)
 }
 
 fn lazy_run(h: &Host, account: &str, ami: &str, append: &str) -> common::RunOutput {
@@ -90,7 +48,7 @@ fn local_chunks(h: &Host) -> usize {
 #[test]
 fn run_from_a_region_fetches_only_what_the_guest_reads() {
     let moto = Moto::start();
-    let (_a, ami, disk) = pushed(&moto);
+    let (_a, ami, disk) = push_guest_image(&moto, CHUNKS);
     let b = Host::new(&moto);
     let out = lazy_run(
         &b,
@@ -128,7 +86,7 @@ fn run_from_a_region_fetches_only_what_the_guest_reads() {
 #[test]
 fn a_damaged_chunk_is_an_io_error_for_that_chunk_only_and_strangers_may_not_launch() {
     let moto = Moto::start();
-    let (a, ami, disk) = pushed(&moto);
+    let (a, ami, disk) = push_guest_image(&moto, CHUNKS);
     let b = Host::new(&moto);
     // The stranger cannot see the private image.
     let out = lazy_run(&b, STRANGER, &ami, "blk=read:0:8");
@@ -174,7 +132,7 @@ fn a_damaged_chunk_is_an_io_error_for_that_chunk_only_and_strangers_may_not_laun
 #[test]
 fn a_detached_run_from_a_region_and_its_start_read_through_the_region() {
     let moto = Moto::start();
-    let (_a, ami, disk) = pushed(&moto);
+    let (_a, ami, disk) = push_guest_image(&moto, CHUNKS);
     let b = Host::new(&moto);
     let id = b
         .ok(
@@ -236,7 +194,7 @@ fn a_detached_run_from_a_region_and_its_start_read_through_the_region() {
 #[test]
 fn a_lazy_launch_asks_the_region_for_each_object_once() {
     let moto = Moto::start();
-    let (_a, ami, disk) = pushed(&moto);
+    let (_a, ami, disk) = push_guest_image(&moto, CHUNKS);
     let proxy = Proxy::start(moto.port);
     let b = Host::with_endpoint(&proxy.url);
     let out = lazy_run(&b, OWNER, &ami, "blk=read:0:8");

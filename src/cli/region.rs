@@ -4,10 +4,12 @@ use super::image::progress::Bar;
 use super::output::{open_store, print_json, print_out, table};
 use super::{GlobalOpts, OutputFormat};
 use crate::store::region::lock::{LockKind, RegionLock};
+use crate::store::region::pins;
 use crate::store::region::{Region, RegionSpec, LOCAL_REGION};
 use crate::store::Store;
 use clap::{Args, Subcommand};
 use serde_json::json;
+use std::collections::HashMap;
 
 #[derive(Debug, Subcommand)]
 pub enum RegionCmd {
@@ -204,7 +206,7 @@ pub fn run_gc(args: GcArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         print_json(&rep)?;
     } else {
         println!(
-            "region {}: {} {} chunks, {} blobs, {} snapshot manifests ({}), {} stale locks; kept {} chunks, {} blobs of {} images",
+            "region {}: {} {} chunks, {} blobs, {} snapshot manifests ({}), {} stale locks; kept {} chunks, {} blobs of {} images and {} instances' pins",
             rep.region,
             if rep.dry_run { "would remove" } else { "removed" },
             rep.chunks_removed,
@@ -214,7 +216,8 @@ pub fn run_gc(args: GcArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
             rep.stale_locks_removed,
             rep.chunks_kept,
             rep.blobs_kept,
-            rep.images
+            rep.images,
+            rep.pins
         );
     }
     Ok(0)
@@ -238,9 +241,20 @@ pub fn deregister(
         (Some(r), true) => Some(RegionLock::acquire(&r.s3, LockKind::Gc)?),
         _ => None,
     };
+    // Snapshots that instances launched from the region still read stay (see pins).
+    let pinned: HashMap<_, _> = match (&r, delete_snapshots) {
+        (Some(r), true) => pins::list(&r.s3)?
+            .into_iter()
+            .flat_map(|p| {
+                let by = format!("instance {} on {}", p.instance_id, p.host);
+                p.snapshots.into_iter().map(move |s| (s, by.clone()))
+            })
+            .collect(),
+        _ => HashMap::new(),
+    };
     let rm = |s: &Store| {
         let id = s.resolve_image(caller, ami)?.image_id;
-        let report = s.deregister_image(caller, &id, delete_snapshots)?;
+        let report = s.deregister_image_keeping(caller, &id, delete_snapshots, &pinned)?;
         Ok((id, report))
     };
     Ok(match &r {

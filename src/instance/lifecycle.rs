@@ -21,6 +21,7 @@ use super::record::{self, Instance};
 use super::state::InstanceState;
 use super::{InstanceError, Result};
 use crate::store::manifest::now_rfc3339;
+use crate::store::region::pins;
 use crate::store::{AccountId, Store};
 use rustix::process::Signal;
 use std::time::{Duration, Instant};
@@ -208,7 +209,10 @@ pub fn stop(store: &Store, caller: &AccountId, id_or_name: &str, force: bool) ->
         }
         Ok(())
     }) {
-        Ok(i) => Ok(i),
+        Ok(i) => {
+            unpin(store, &i);
+            Ok(i)
+        }
         // `--rm` instances remove themselves when they stop.
         Err(InstanceError::NotFound(_)) => Ok(Instance {
             state: InstanceState::Stopped,
@@ -216,6 +220,23 @@ pub fn stop(store: &Store, caller: &AccountId, id_or_name: &str, force: bool) ->
             ..inst
         }),
         Err(e) => Err(e),
+    }
+}
+
+/// A terminated instance launched from a region no longer keeps what it pinned there (see
+/// [`crate::store::region::pins`]). A failure only leaves data in the region: a warning.
+fn unpin(store: &Store, inst: &Instance) {
+    let Some(name) = &inst.region else { return };
+    let res = store
+        .open_region(name)
+        .and_then(|r| r.s3.block_on(pins::unpin(&r.s3, &inst.instance_id)));
+    if let Err(e) = res {
+        log::warn!(
+            "instance {}: its pin stays in region {name} ({}/{}.json): {e}",
+            inst.instance_id,
+            pins::PINS_DIR,
+            inst.instance_id
+        );
     }
 }
 
@@ -266,7 +287,10 @@ pub fn terminate(
         }
         Ok(())
     }) {
-        Ok(i) => Ok(i),
+        Ok(i) => {
+            unpin(store, &i);
+            Ok(i)
+        }
         // `--rm` instances remove themselves when they stop.
         Err(InstanceError::NotFound(_)) => Ok(Instance {
             state: InstanceState::Terminated,

@@ -15,7 +15,7 @@ use super::snapshot::Snapshot;
 use super::source::{self, OsRelease, SourceKind};
 use super::txn::to_json;
 use super::{BlobRef, Progress, Store, Txn};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// One extra disk of `image create`.
@@ -474,6 +474,18 @@ impl Store {
         id: &ImageId,
         delete_snapshots: bool,
     ) -> Result<DeregisterReport> {
+        self.deregister_image_keeping(caller, id, delete_snapshots, &HashMap::new())
+    }
+
+    /// [`Store::deregister_image`], keeping also the snapshots in `users` (by whom they are
+    /// used: a region's pins, see [`super::region::pins`]).
+    pub fn deregister_image_keeping(
+        &self,
+        caller: &AccountId,
+        id: &ImageId,
+        delete_snapshots: bool,
+        users: &HashMap<SnapshotId, String>,
+    ) -> Result<DeregisterReport> {
         let _lock = self.lock()?;
         let img = self.image(id)?;
         if !can_see(caller, &img) {
@@ -498,7 +510,7 @@ impl Store {
                 let why =
                     if let Some(o) = others.iter().find(|o| o.snapshot_ids().any(|s| s == sid)) {
                         Some(format!("used by image {}", o.image_id))
-                    } else if let Some(r) = held.snapshot_users.get(sid) {
+                    } else if let Some(r) = held.snapshot_users.get(sid).or(users.get(sid)) {
                         Some(format!("used by {r}"))
                     } else {
                         match self.snapshot(sid) {

@@ -4,7 +4,8 @@
 #![allow(dead_code)]
 
 use crate::api_common::venv;
-use crate::store_common::{root_snapshot, volume_hash, Env, FAILED, OWNER};
+use crate::common::Report;
+use crate::store_common::{make_disk, root_snapshot, volume_hash, Env, CHUNK, FAILED, OWNER};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -213,6 +214,49 @@ impl Host {
         assert!(err.starts_with("amivm: error: "), "{err}");
         err
     }
+}
+
+/// The guest's `blk read` line for `sector`: (status, sum).
+pub fn read_line(r: &Report, sector: u64) -> (String, Option<u64>) {
+    let rec = r
+        .records("blk")
+        .into_iter()
+        .find(|rec| {
+            rec.words.first().map(String::as_str) == Some("read")
+                && rec.field("sector") == Some(&sector.to_string())
+        })
+        .unwrap_or_else(|| r.fail(&format!("no `blk read sector={sector}` line")));
+    (
+        rec.field("status").unwrap_or("").to_string(),
+        rec.field("sum").and_then(crate::common::report::parse_num),
+    )
+}
+
+/// Host A makes OWNER's image of the test guest with a root volume of `chunks` chunks of
+/// noise, and pushes it; returns (host, AMI, the volume's bytes).
+pub fn push_guest_image(moto: &Moto, chunks: u64) -> (Host, String, Vec<u8>) {
+    let a = Host::new(moto);
+    let disk = a.env.path("root.img");
+    let data: Vec<(u64, u64)> = (0..chunks).map(|i| (i, 50 + i)).collect();
+    make_disk(&disk, chunks * CHUNK, &data);
+    let guest = crate::common::build_guest();
+    let out = a.ok(
+        Some(OWNER),
+        &[
+            "image",
+            "create",
+            "--name",
+            "guest",
+            "--kernel",
+            guest.to_str().unwrap(),
+            "--root",
+            disk.to_str().unwrap(),
+        ],
+    );
+    let ami = out.trim().to_string();
+    a.ok(Some(OWNER), &["image", "push", &ami, "--region", REGION]);
+    let bytes = std::fs::read(&disk).unwrap();
+    (a, ami, bytes)
 }
 
 /// A new host pulls OWNER's `ami` from the region, and its root volume is byte-identical to

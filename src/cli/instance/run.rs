@@ -8,8 +8,9 @@ use crate::files;
 use crate::instance::detach::{self, DetachOptions, Started, DETACH_WAIT};
 use crate::instance::launch::{self, BootOptions, LaunchRequest};
 use crate::instance::lock::RunLock;
-use crate::instance::{lifecycle, metadata, record, types, Instance};
+use crate::instance::{lifecycle, metadata, record, types, Instance, InstanceState};
 use crate::store::region::lazy::LazyRegion;
+use crate::store::region::pins::{self, Pin, PinTask};
 use crate::store::Store;
 use crate::vmm::jail::JailConfig;
 use anyhow::Context;
@@ -77,7 +78,9 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         inst.image.name
     );
     let jail = args.jail.config(Vec::new());
+    let pin = start_pin(lazy.as_deref(), &inst);
     let code = foreground(&store, &inst, lock, timeout, expect, true, jail);
+    settle_pin(&store, pin, &inst.instance_id);
     if let Some(l) = lazy {
         eprintln!(
             "amivm: fetched {} chunks from region {}",
@@ -100,6 +103,49 @@ fn with_region(
     let region = store.open_region(r)?;
     let lazy = Arc::new(LazyRegion::new(store.layout(), region.s3.clone())?);
     Ok((Store::with_backend(store.dir(), lazy.clone())?, Some(lazy)))
+}
+
+/// Start pinning `inst` in the region it boots from (see [`pins`]): while it exists, gc keeps
+/// what it still reads there.
+fn start_pin(lazy: Option<&LazyRegion>, inst: &Instance) -> Option<PinTask> {
+    let lazy = lazy?;
+    let pin = Pin::new(
+        &inst.instance_id,
+        inst.image.image_id.as_str(),
+        inst.volumes.iter().map(|v| v.snapshot_id.clone()).collect(),
+        inst.image.blobs(),
+    );
+    PinTask::start(lazy.remote(), pin)
+        .map_err(|e| eprintln!("amivm: warning: {e}"))
+        .ok()
+}
+
+/// After a run from a region: the pin stays while the instance does, and goes with it. The
+/// record is read again once the pin is made: a `terminate` that removed the pin before it
+/// was made has marked the instance terminated by then.
+fn settle_pin(store: &Store, pin: Option<PinTask>, id: &str) {
+    let Some(pin) = pin else { return };
+    let gone = || match record::get(store, id) {
+        Ok(Some(i)) => i.state == InstanceState::Terminated,
+        Ok(None) => true,
+        Err(_) => false,
+    };
+    if !gone() {
+        match pin.finish(pins::PIN_WAIT) {
+            Ok(()) if gone() => {}
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("amivm: warning: {e}; a gc of the region may remove what instance {id} has not read yet");
+                return;
+            }
+        }
+    }
+    if let Err(e) = pin.remove(pins::PIN_WAIT) {
+        eprintln!(
+            "amivm: warning: {e}; its pin stays in the region ({}/{id}.json)",
+            pins::PINS_DIR
+        );
+    }
 }
 
 /// Run the instance here with the console on stdout.
@@ -144,12 +190,15 @@ pub fn start(args: StartArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
     // An instance of a region's image: the region opened first, so a region gone is one line
     // and the instance stays stopped.
     let region = record::resolve(&store, &caller, &args.instance)?.region;
-    let (store, _) = with_region(store, region.as_deref())?;
+    let (store, lazy) = with_region(store, region.as_deref())?;
     let (inst, lock) = lifecycle::start(&store, &caller, &args.instance)?;
     if args.attach {
         eprintln!("amivm: starting {}", inst.instance_id);
         let jail = args.jail.config(Vec::new());
-        return foreground(&store, &inst, lock, timeout, expect, false, jail);
+        let pin = start_pin(lazy.as_deref(), &inst);
+        let code = foreground(&store, &inst, lock, timeout, expect, false, jail);
+        settle_pin(&store, pin, &inst.instance_id);
+        return code;
     }
     let opts = detach_options(g, args.timeout, args.expect.as_deref(), false, &args.jail)?;
     detach(&store, &inst, lock, &opts)
@@ -208,7 +257,8 @@ pub fn run_instance(args: RunInstanceArgs, g: &GlobalOpts) -> anyhow::Result<i32
     let (store, caller) = open(g)?;
     let inst = record::load(&store, &caller, &args.instance)?;
     let lock = RunLock::adopt(args.lock_fd, &inst.dir(&store)?)?;
-    let (store, _) = with_region(store, inst.region.as_deref())?;
+    let (store, lazy) = with_region(store, inst.region.as_deref())?;
+    let pin = start_pin(lazy.as_deref(), &inst);
     let opts = BootOptions {
         timeout,
         expect,
@@ -217,8 +267,9 @@ pub fn run_instance(args: RunInstanceArgs, g: &GlobalOpts) -> anyhow::Result<i32
         serial_log: args.serial_log,
         jail: args.jail.config(Vec::new()),
     };
-    let outcome = launch::boot(&store, &inst.instance_id, lock, &opts, args.first_launch)?;
-    match outcome.exit {
+    let outcome = launch::boot(&store, &inst.instance_id, lock, &opts, args.first_launch);
+    settle_pin(&store, pin, &inst.instance_id);
+    match outcome?.exit {
         Ok(e) => Ok(report_exit(&e)),
         Err(e) => Err(anyhow::Error::new(e).context("cannot start the VM")),
     }

@@ -6,9 +6,11 @@
 //! write lock from before its first object check until its manifests are written, so no
 //! object that a manifest is about to name can look unused. Every image manifest must read
 //! back whole: a damaged one (whose chunks cannot be known) stops gc before anything is
-//! deleted.
+//! deleted. What an instance launched from the region pins ([`super::pins`]) is kept as if an
+//! image named it.
 
 use super::lock::{self, LockKind, RegionLock};
+use super::pins::{self, Pin};
 use super::Region;
 use crate::store::backend::{Collection, DocOp, ObjectNs, ObjectStore};
 use crate::store::error::{Result, StoreError};
@@ -30,6 +32,8 @@ pub struct RegionGcReport {
     pub region: String,
     pub dry_run: bool,
     pub images: u64,
+    /// Instances whose pins kept what they name.
+    pub pins: u64,
     pub snapshots_removed: u64,
     pub chunks_removed: u64,
     pub chunks_kept: u64,
@@ -51,12 +55,14 @@ pub struct Plan {
     pub blobs_kept: u64,
 }
 
-/// The plan for a region whose images are `images`, whose snapshot manifests are
-/// `listed_snapshots` (ids), of which `snapshots` are the ones the images name, read back,
-/// and whose objects are `chunks` and `blobs`. An image naming a snapshot missing from
-/// `snapshots` is an error: its chunks cannot be known.
+/// The plan for a region whose images are `images`, whose pins are `pins`, whose snapshot
+/// manifests are `listed_snapshots` (ids), of which `snapshots` are the ones the images and
+/// pins name, read back, and whose objects are `chunks` and `blobs`. An image naming a
+/// snapshot missing from `snapshots` is an error: its chunks cannot be known. A pin naming one
+/// keeps nothing of it (the manifest is gone, and with it what its chunks were).
 pub fn plan(
     images: &[Image],
+    pins: &[Pin],
     snapshots: &HashMap<SnapshotId, Snapshot>,
     listed_snapshots: &[String],
     chunks: &[(ContentHash, u64)],
@@ -76,6 +82,15 @@ pub fn plan(
             })?;
             named.insert(sid.to_string());
             used_chunks.extend(s.chunks.iter().map(|c| c.1));
+        }
+    }
+    for pin in pins {
+        used_blobs.extend(pin.blobs.iter().copied());
+        for sid in &pin.snapshots {
+            if let Some(s) = snapshots.get(sid) {
+                named.insert(sid.to_string());
+                used_chunks.extend(s.chunks.iter().map(|c| c.1));
+            }
         }
     }
     let split = |objects: &[(ContentHash, u64)], used: &BTreeSet<ContentHash>| {
@@ -106,8 +121,13 @@ pub fn gc_region(region: &Region, dry_run: bool) -> Result<RegionGcReport> {
     for id in s3.list_docs(&Collection::Images)? {
         images.push(region.store.image(&ImageId::parse(&id)?)?);
     }
+    let pins = pins::list(s3)?;
     let mut snapshots = HashMap::new();
-    for sid in images.iter().flat_map(|i| i.snapshot_ids()) {
+    let named = images
+        .iter()
+        .flat_map(|i| i.snapshot_ids())
+        .chain(pins.iter().flat_map(|p| p.snapshots.iter()));
+    for sid in named {
         if !snapshots.contains_key(sid) {
             // A missing one is reported by `plan` with the image naming it; any other failure
             // (the server, a damaged manifest) stops gc with its own message.
@@ -123,6 +143,7 @@ pub fn gc_region(region: &Region, dry_run: bool) -> Result<RegionGcReport> {
     let listed = s3.list_docs(&Collection::Snapshots)?;
     let p = plan(
         &images,
+        &pins,
         &snapshots,
         &listed,
         &s3.list_objects(ObjectNs::Chunk)?,
@@ -134,6 +155,7 @@ pub fn gc_region(region: &Region, dry_run: bool) -> Result<RegionGcReport> {
         region: region.spec.name.clone(),
         dry_run,
         images: images.len() as u64,
+        pins: pins.len() as u64,
         snapshots_removed: p.snapshots.len() as u64,
         chunks_removed: p.chunks.len() as u64,
         chunks_kept: p.chunks_kept,
@@ -145,6 +167,17 @@ pub fn gc_region(region: &Region, dry_run: bool) -> Result<RegionGcReport> {
     if dry_run {
         return Ok(report);
     }
+    // Snapshot manifests first: a manifest still in the region means its chunks are too (a
+    // new pin relies on it, see super::pins).
+    let ops = p
+        .snapshots
+        .iter()
+        .map(|id| DocOp::Delete {
+            collection: Collection::Snapshots,
+            id: id.clone(),
+        })
+        .collect();
+    s3.commit_docs(ops)?;
     let keys: Vec<_> = p
         .chunks
         .iter()
@@ -169,15 +202,6 @@ pub fn gc_region(region: &Region, dry_run: bool) -> Result<RegionGcReport> {
     if let Some((k, e)) = failures.into_iter().next() {
         return Err(s3.err("DELETE", &k, e));
     }
-    let ops = p
-        .snapshots
-        .iter()
-        .map(|id| DocOp::Delete {
-            collection: Collection::Snapshots,
-            id: id.clone(),
-        })
-        .collect();
-    s3.commit_docs(ops)?;
     for name in &stale {
         lock::remove(s3, name)?;
     }
@@ -233,7 +257,7 @@ mod tests {
         ];
         let chunks = [(h(1), 10), (h(2), 20), (h(3), 30)];
         let blobs = [(k, 5), (k_old, 6)];
-        let p = plan(&[img], &snaps, &listed, &chunks, &blobs).unwrap();
+        let p = plan(&[img], &[], &snaps, &listed, &chunks, &blobs).unwrap();
         assert_eq!(p.snapshots, vec!["snap-0000000000000000b".to_string()]);
         assert_eq!(p.chunks, vec![(h(3), 30)]);
         assert_eq!(p.blobs, vec![(k_old, 6)]);
@@ -243,13 +267,14 @@ mod tests {
     #[test]
     fn an_image_whose_snapshot_cannot_be_read_stops_everything() {
         let img = image_json("ami-0000000000000000a", "snap-0000000000000000a", h(100));
-        let err = plan(&[img], &HashMap::new(), &[], &[(h(1), 1)], &[]).unwrap_err();
+        let err = plan(&[img], &[], &HashMap::new(), &[], &[(h(1), 1)], &[]).unwrap_err();
         assert!(err.to_string().contains("nothing removed"), "{err}");
     }
 
     #[test]
     fn an_empty_region_keeps_nothing_unnamed() {
         let p = plan(
+            &[],
             &[],
             &HashMap::new(),
             &["snap-1".into()],
@@ -259,5 +284,32 @@ mod tests {
         let p = p.unwrap();
         assert_eq!(p.snapshots.len(), 1);
         assert_eq!((p.chunks.len(), p.blobs.len()), (1, 1));
+    }
+
+    #[test]
+    fn what_a_pin_names_stays_after_its_image_is_gone() {
+        let (k, other) = (h(100), h(101));
+        let snap = snapshot("snap-0000000000000000a", &[h(1), h(2)]);
+        let pin = Pin::new(
+            "i-0000000000000000a",
+            "ami-0000000000000000a",
+            vec![snap.snapshot_id.clone()],
+            vec![k],
+        );
+        // A pin naming a snapshot that is gone keeps nothing of it, and is no error.
+        let gone = Pin::new(
+            "i-0000000000000000b",
+            "ami-0000000000000000b",
+            vec![SnapshotId::parse("snap-0000000000000000b").unwrap()],
+            vec![],
+        );
+        let snaps = HashMap::from([(snap.snapshot_id.clone(), snap)]);
+        let listed = vec!["snap-0000000000000000a".to_string()];
+        let chunks = [(h(1), 10), (h(2), 20), (h(3), 30)];
+        let blobs = [(k, 5), (other, 6)];
+        let p = plan(&[], &[pin, gone], &snaps, &listed, &chunks, &blobs).unwrap();
+        assert!(p.snapshots.is_empty(), "{:?}", p.snapshots);
+        assert_eq!(p.chunks, vec![(h(3), 30)]);
+        assert_eq!(p.blobs, vec![(other, 6)]);
     }
 }

@@ -141,6 +141,11 @@ impl LazyRegion {
         })
     }
 
+    /// The region behind the local store.
+    pub fn remote(&self) -> Arc<S3Dir> {
+        self.remote.clone()
+    }
+
     /// Chunks fetched from the region so far.
     pub fn fetched(&self) -> u64 {
         self.fetcher.fetched()

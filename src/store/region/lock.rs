@@ -171,9 +171,17 @@ impl Drop for RegionLock {
 
 /// The amivm locks in `s3`'s region, with their ages.
 pub fn list(s3: &S3Dir) -> Result<Vec<LockInfo>> {
+    s3.block_on(list_async(s3))
+}
+
+/// [`list`], for a task on the region's runtime.
+pub async fn list_async(s3: &S3Dir) -> Result<Vec<LockInfo>> {
     let prefix = s3.rel_key(LOCKS_DIR);
     let metas: Vec<_> = s3
-        .block_on(s3.client().list(Some(&prefix)).try_collect::<Vec<_>>())
+        .client()
+        .list(Some(&prefix))
+        .try_collect::<Vec<_>>()
+        .await
         .map_err(|e| s3.err("LIST", &prefix, e))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -201,7 +209,7 @@ pub fn remove(s3: &S3Dir, name: &str) -> Result<()> {
 }
 
 /// This host's name (for the lock's name: who holds it), `host` when unknown.
-fn host_name() -> String {
+pub(super) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()

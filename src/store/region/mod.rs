@@ -19,6 +19,7 @@ pub mod gc;
 pub mod inflight;
 pub mod lazy;
 pub mod lock;
+pub mod pins;
 pub mod s3;
 pub mod transfer;
 

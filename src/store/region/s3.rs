@@ -188,7 +188,8 @@ impl S3Dir {
         self.key(&format!("{}/{}", ns.dir(), hash.to_hex()))
     }
 
-    fn doc_key(&self, c: &Collection, id: &str) -> Key {
+    /// The key of a document (manifest) `id` of collection `c`.
+    pub fn doc_key(&self, c: &Collection, id: &str) -> Key {
         self.key(&format!("{}/{id}.json", c.dir()))
     }
 

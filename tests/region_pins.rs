@@ -1,0 +1,150 @@
+//! Pins: an instance launched with `run --region` keeps what it still reads from the region.
+//! After its image is deregistered with `--delete-snapshots` and the region is gc'd, the
+//! stopped instance starts again and reads a chunk it never had locally; terminating it takes
+//! the pin away, and the next gc removes the rest. Against moto_server, with the AWS CLI as
+//! the third-party view of the bucket.
+
+mod api_common;
+mod common;
+mod instance_common;
+mod region_common;
+mod store_common;
+
+use common::{run_with_deadline, Report};
+use region_common::{push_guest_image, read_line, Host, REGION};
+use std::time::Duration;
+use store_common::{CHUNK, OWNER};
+
+/// Chunks of the image's root volume.
+const CHUNKS: u64 = 8;
+
+fn under(keys: &[String], prefix: &str) -> Vec<String> {
+    keys.iter()
+        .filter(|k| k.starts_with(prefix))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn what_an_instance_reads_from_a_region_outlives_its_image_until_it_is_terminated() {
+    let moto = region_common::Moto::start();
+    let (a, ami, disk) = push_guest_image(&moto, CHUNKS);
+    let b = Host::new(&moto);
+    // The guest reads the last chunk: no boot prefetch or read-ahead fetches it before.
+    let sector = (CHUNKS - 1) * CHUNK / 512;
+    let append = format!("blk=read:{sector}:8");
+    let out = run_with_deadline(
+        b.cmd(
+            Some(OWNER),
+            &[
+                "run",
+                &ami,
+                "--region",
+                REGION,
+                "--name",
+                "pinned",
+                "--timeout",
+                "60",
+                "--append",
+                &append,
+            ],
+        ),
+        Duration::from_secs(180),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let ps = b.json(Some(OWNER), &["ps", "--all"]);
+    let id = ps[0]["InstanceId"].as_str().unwrap().to_string();
+    assert_eq!(ps[0]["State"]["Name"], "stopped", "{ps}");
+    let pins = under(&moto.keys(), "pins/");
+    assert_eq!(pins, vec![format!("pins/{id}.json")]);
+
+    // The owner deregisters the image and asks for its snapshot to go: the instance's pin
+    // keeps it, and gc keeps its chunks and kernel.
+    let out = a.json(
+        Some(OWNER),
+        &[
+            "image",
+            "rm",
+            &ami,
+            "--delete-snapshots",
+            "--region",
+            REGION,
+        ],
+    );
+    let kept = out.to_string();
+    assert!(kept.contains(&format!("used by instance {id}")), "{kept}");
+    let r = a.json(Some(OWNER), &["gc", "--region", REGION]);
+    assert_eq!(
+        (&r["Pins"], &r["ChunksRemoved"]),
+        (&1.into(), &0.into()),
+        "{r}"
+    );
+    assert_eq!(
+        (&r["BlobsRemoved"], &r["SnapshotsRemoved"]),
+        (&0.into(), &0.into())
+    );
+    let keys = moto.keys();
+    assert!(under(&keys, "images/").is_empty(), "{keys:?}");
+    assert_eq!(under(&keys, "snapshots/").len(), 1, "{keys:?}");
+    assert_eq!(under(&keys, "chunks/").len(), CHUNKS as usize, "{keys:?}");
+
+    // With nothing local, the stopped instance starts and reads through the region.
+    for f in store_common::files_under(&b.env.store.join("chunks")) {
+        std::fs::remove_file(f).unwrap();
+    }
+    let out = run_with_deadline(
+        b.cmd(
+            Some(OWNER),
+            &["start", "pinned", "--attach", "--timeout", "60"],
+        ),
+        Duration::from_secs(180),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    let at = (sector * 512) as usize;
+    assert_eq!(
+        read_line(&Report::from_run(&out), sector),
+        (
+            "0".into(),
+            Some(common::report::sum64(&disk[at..at + 4096]))
+        )
+    );
+
+    // Terminated, it keeps nothing: its pin goes, and gc takes the rest.
+    b.ok(Some(OWNER), &["terminate", "pinned"]);
+    assert!(under(&moto.keys(), "pins/").is_empty());
+    let r = a.json(Some(OWNER), &["gc", "--region", REGION]);
+    assert_eq!(r["Pins"], 0, "{r}");
+    assert_eq!(r["ChunksRemoved"], CHUNKS, "{r}");
+    assert_eq!(
+        (&r["BlobsRemoved"], &r["SnapshotsRemoved"]),
+        (&1.into(), &1.into())
+    );
+}
+
+#[test]
+fn an_instance_removed_at_its_end_leaves_no_pin() {
+    let moto = region_common::Moto::start();
+    let (_a, ami, _) = push_guest_image(&moto, 2);
+    let b = Host::new(&moto);
+    let out = run_with_deadline(
+        b.cmd(
+            Some(OWNER),
+            &[
+                "run",
+                &ami,
+                "--region",
+                REGION,
+                "--rm",
+                "--timeout",
+                "60",
+                "--append",
+                "blk=read:0:8",
+            ],
+        ),
+        Duration::from_secs(180),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.describe());
+    assert_eq!(b.json(Some(OWNER), &["ps", "--all"]), serde_json::json!([]));
+    let keys = moto.keys();
+    assert!(under(&keys, "pins/").is_empty(), "{keys:?}");
+}
