@@ -148,3 +148,47 @@ fn an_instance_removed_at_its_end_leaves_no_pin() {
     let keys = moto.keys();
     assert!(under(&keys, "pins/").is_empty(), "{keys:?}");
 }
+
+/// While a gc runs (its lock is live), a new pin is not safe yet: the run ends with a warning,
+/// and the pin is made safe by the next start, once that gc is over.
+#[test]
+fn a_pin_made_while_a_gc_runs_waits_for_it_and_warns() {
+    let moto = region_common::Moto::start();
+    let (a, ami, _) = push_guest_image(&moto, 2);
+    let gc_lock = "locks/gc-otherhost-4242-0000000000000001.json";
+    moto.put(gc_lock, b"{}", &a.env.path("lock.json"));
+    let b = Host::new(&moto);
+    let run = |args: &[&str]| {
+        let out = run_with_deadline(b.cmd(Some(OWNER), args), Duration::from_secs(180));
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        out
+    };
+    let out = run(&[
+        "run",
+        &ami,
+        "--region",
+        REGION,
+        "--name",
+        "waits",
+        "--timeout",
+        "60",
+        "--append",
+        "blk=read:0:8",
+    ]);
+    assert!(
+        out.stderr
+            .contains("a gc of the region may remove what instance"),
+        "{}",
+        out.describe()
+    );
+    // The pin is there (a gc that starts now sees it), but the run could not know whether the
+    // running gc had.
+    assert_eq!(under(&moto.keys(), "pins/").len(), 1);
+
+    moto.rm(gc_lock);
+    let out = run(&["start", "waits", "--attach", "--timeout", "60"]);
+    assert!(!out.stderr.contains("warning"), "{}", out.describe());
+    assert_eq!(under(&moto.keys(), "pins/").len(), 1);
+    b.ok(Some(OWNER), &["terminate", "waits"]);
+    assert!(under(&moto.keys(), "pins/").is_empty());
+}

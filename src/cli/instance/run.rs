@@ -78,7 +78,7 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         inst.image.name
     );
     let jail = args.jail.config(Vec::new());
-    let pin = start_pin(lazy.as_deref(), &inst);
+    let pin = start_pin(lazy.as_deref(), &inst, true);
     let code = foreground(&store, &inst, lock, timeout, expect, true, jail);
     settle_pin(&store, pin, &inst.instance_id);
     if let Some(l) = lazy {
@@ -107,7 +107,7 @@ fn with_region(
 
 /// Start pinning `inst` in the region it boots from (see [`pins`]): while it exists, gc keeps
 /// what it still reads there.
-fn start_pin(lazy: Option<&LazyRegion>, inst: &Instance) -> Option<PinTask> {
+fn start_pin(lazy: Option<&LazyRegion>, inst: &Instance, fresh: bool) -> Option<PinTask> {
     let lazy = lazy?;
     let pin = Pin::new(
         &inst.instance_id,
@@ -115,7 +115,7 @@ fn start_pin(lazy: Option<&LazyRegion>, inst: &Instance) -> Option<PinTask> {
         inst.volumes.iter().map(|v| v.snapshot_id.clone()).collect(),
         inst.image.blobs(),
     );
-    PinTask::start(lazy.remote(), pin)
+    PinTask::start(lazy.remote(), pin, fresh)
         .map_err(|e| eprintln!("amivm: warning: {e}"))
         .ok()
 }
@@ -195,7 +195,7 @@ pub fn start(args: StartArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
     if args.attach {
         eprintln!("amivm: starting {}", inst.instance_id);
         let jail = args.jail.config(Vec::new());
-        let pin = start_pin(lazy.as_deref(), &inst);
+        let pin = start_pin(lazy.as_deref(), &inst, false);
         let code = foreground(&store, &inst, lock, timeout, expect, false, jail);
         settle_pin(&store, pin, &inst.instance_id);
         return code;
@@ -258,7 +258,7 @@ pub fn run_instance(args: RunInstanceArgs, g: &GlobalOpts) -> anyhow::Result<i32
     let inst = record::load(&store, &caller, &args.instance)?;
     let lock = RunLock::adopt(args.lock_fd, &inst.dir(&store)?)?;
     let (store, lazy) = with_region(store, inst.region.as_deref())?;
-    let pin = start_pin(lazy.as_deref(), &inst);
+    let pin = start_pin(lazy.as_deref(), &inst, args.first_launch);
     let opts = BootOptions {
         timeout,
         expect,

@@ -182,8 +182,9 @@ pub struct PinTask {
 }
 
 impl PinTask {
-    /// Start pinning `p` in `s3`'s region.
-    pub fn start(s3: Arc<S3Dir>, p: Pin) -> Result<PinTask> {
+    /// Start pinning `p` in `s3`'s region. `fresh`: the instance was just launched, so no
+    /// earlier run can have pinned it (removing a pin never written then sends nothing).
+    pub fn start(s3: Arc<S3Dir>, p: Pin, fresh: bool) -> Result<PinTask> {
         let (cmds, cmd_rx) = channel();
         let (done_tx, done) = channel();
         let task = PinTask {
@@ -194,7 +195,7 @@ impl PinTask {
         };
         std::thread::Builder::new()
             .name("amivm-pin".into())
-            .spawn(move || pin_thread(&s3, &p, &cmd_rx, &done_tx))
+            .spawn(move || pin_thread(&s3, &p, fresh, &cmd_rx, &done_tx))
             .map_err(|e| StoreError::io("start the pin thread", std::path::Path::new("-"), e))?;
         Ok(task)
     }
@@ -238,15 +239,17 @@ impl PinTask {
 
 /// The body of a [`PinTask`]'s thread. A task dropped without a word (its launch failed
 /// before the VM ran) ends the thread and leaves any pin as it is.
-fn pin_thread(s3: &S3Dir, p: &Pin, cmds: &Receiver<Cmd>, done: &Sender<Done>) {
+fn pin_thread(s3: &S3Dir, p: &Pin, fresh: bool, cmds: &Receiver<Cmd>, done: &Sender<Done>) {
     // Wait for the boot's requests, unless told otherwise.
     let mut next = cmds.recv_timeout(PIN_DELAY);
+    let mut written = !fresh;
     loop {
         match next {
             Ok(Cmd::Remove) => break,
             Err(RecvTimeoutError::Disconnected) => return,
             Ok(Cmd::Now) | Err(RecvTimeoutError::Timeout) => {}
         }
+        written = true;
         match s3.block_on(pin(s3, p)) {
             Ok(Pinned::GcRunning(lock)) => {
                 log::info!(
@@ -270,7 +273,11 @@ fn pin_thread(s3: &S3Dir, p: &Pin, cmds: &Receiver<Cmd>, done: &Sender<Done>) {
             }
         }
     }
-    let r = s3.block_on(unpin(s3, &p.instance_id));
+    let r = if written {
+        s3.block_on(unpin(s3, &p.instance_id))
+    } else {
+        Ok(())
+    };
     let _ = done.send(Done::Removed(r));
 }
 
