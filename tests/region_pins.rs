@@ -10,9 +10,8 @@ mod instance_common;
 mod region_common;
 mod store_common;
 
-use common::{run_with_deadline, Report};
+use common::Report;
 use region_common::{push_guest_image, read_line, Host, REGION};
-use std::time::Duration;
 use store_common::{CHUNK, OWNER};
 
 /// Chunks of the image's root volume.
@@ -33,25 +32,18 @@ fn what_an_instance_reads_from_a_region_outlives_its_image_until_it_is_terminate
     // The guest reads the last chunk: no boot prefetch or read-ahead fetches it before.
     let sector = (CHUNKS - 1) * CHUNK / 512;
     let append = format!("blk=read:{sector}:8");
-    let out = run_with_deadline(
-        b.cmd(
-            Some(OWNER),
-            &[
-                "run",
-                &ami,
-                "--region",
-                REGION,
-                "--name",
-                "pinned",
-                "--timeout",
-                "60",
-                "--append",
-                &append,
-            ],
-        ),
-        Duration::from_secs(180),
-    );
-    assert_eq!(out.code, Some(0), "{}", out.describe());
+    b.run_ok(&[
+        "run",
+        &ami,
+        "--region",
+        REGION,
+        "--name",
+        "pinned",
+        "--timeout",
+        "60",
+        "--append",
+        &append,
+    ]);
     let ps = b.json(Some(OWNER), &["ps", "--all"]);
     let id = ps[0]["InstanceId"].as_str().unwrap().to_string();
     assert_eq!(ps[0]["State"]["Name"], "stopped", "{ps}");
@@ -89,17 +81,8 @@ fn what_an_instance_reads_from_a_region_outlives_its_image_until_it_is_terminate
     assert_eq!(under(&keys, "chunks/").len(), CHUNKS as usize, "{keys:?}");
 
     // With nothing local, the stopped instance starts and reads through the region.
-    for f in store_common::files_under(&b.env.store.join("chunks")) {
-        std::fs::remove_file(f).unwrap();
-    }
-    let out = run_with_deadline(
-        b.cmd(
-            Some(OWNER),
-            &["start", "pinned", "--attach", "--timeout", "60"],
-        ),
-        Duration::from_secs(180),
-    );
-    assert_eq!(out.code, Some(0), "{}", out.describe());
+    b.forget_chunks();
+    let out = b.run_ok(&["start", "pinned", "--attach", "--timeout", "60"]);
     let at = (sector * 512) as usize;
     assert_eq!(
         read_line(&Report::from_run(&out), sector),
@@ -126,24 +109,17 @@ fn an_instance_removed_at_its_end_leaves_no_pin() {
     let moto = region_common::Moto::start();
     let (_a, ami, _) = push_guest_image(&moto, 2);
     let b = Host::new(&moto);
-    let out = run_with_deadline(
-        b.cmd(
-            Some(OWNER),
-            &[
-                "run",
-                &ami,
-                "--region",
-                REGION,
-                "--rm",
-                "--timeout",
-                "60",
-                "--append",
-                "blk=read:0:8",
-            ],
-        ),
-        Duration::from_secs(180),
-    );
-    assert_eq!(out.code, Some(0), "{}", out.describe());
+    b.run_ok(&[
+        "run",
+        &ami,
+        "--region",
+        REGION,
+        "--rm",
+        "--timeout",
+        "60",
+        "--append",
+        "blk=read:0:8",
+    ]);
     assert_eq!(b.json(Some(OWNER), &["ps", "--all"]), serde_json::json!([]));
     let keys = moto.keys();
     assert!(under(&keys, "pins/").is_empty(), "{keys:?}");
@@ -158,12 +134,7 @@ fn a_pin_made_while_a_gc_runs_waits_for_it_and_warns() {
     let gc_lock = "locks/gc-otherhost-4242-0000000000000001.json";
     moto.put(gc_lock, b"{}", &a.env.path("lock.json"));
     let b = Host::new(&moto);
-    let run = |args: &[&str]| {
-        let out = run_with_deadline(b.cmd(Some(OWNER), args), Duration::from_secs(180));
-        assert_eq!(out.code, Some(0), "{}", out.describe());
-        out
-    };
-    let out = run(&[
+    let out = b.run_ok(&[
         "run",
         &ami,
         "--region",
@@ -186,7 +157,7 @@ fn a_pin_made_while_a_gc_runs_waits_for_it_and_warns() {
     assert_eq!(under(&moto.keys(), "pins/").len(), 1);
 
     moto.rm(gc_lock);
-    let out = run(&["start", "waits", "--attach", "--timeout", "60"]);
+    let out = b.run_ok(&["start", "waits", "--attach", "--timeout", "60"]);
     assert!(!out.stderr.contains("warning"), "{}", out.describe());
     assert_eq!(under(&moto.keys(), "pins/").len(), 1);
     b.ok(Some(OWNER), &["terminate", "waits"]);

@@ -200,6 +200,21 @@ impl Host {
         serde_json::from_str(&self.ok(account, &all)).expect("JSON output")
     }
 
+    /// `amivm ARGS` as OWNER (a VM run, say) to its end, at most 3 minutes: it must exit 0.
+    pub fn run_ok(&self, args: &[&str]) -> crate::common::RunOutput {
+        let out =
+            crate::common::run_with_deadline(self.cmd(Some(OWNER), args), Duration::from_secs(180));
+        assert_eq!(out.code, Some(0), "{}", out.describe());
+        out
+    }
+
+    /// Empty the local chunk store: what a lazy instance reads next comes from the region.
+    pub fn forget_chunks(&self) {
+        for f in crate::store_common::files_under(&self.env.store.join("chunks")) {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+
     /// Fails with exit 125 and one line; returns stderr.
     pub fn fails(&self, account: Option<&str>, args: &[&str]) -> String {
         let out = self.run(account, args);

@@ -14,7 +14,6 @@
 
 use super::s3::S3Dir;
 use crate::store::error::{Result, StoreError};
-use futures::TryStreamExt;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore as _, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use std::sync::Arc;
@@ -176,13 +175,7 @@ pub fn list(s3: &S3Dir) -> Result<Vec<LockInfo>> {
 
 /// [`list`], for a task on the region's runtime.
 pub async fn list_async(s3: &S3Dir) -> Result<Vec<LockInfo>> {
-    let prefix = s3.rel_key(LOCKS_DIR);
-    let metas: Vec<_> = s3
-        .client()
-        .list(Some(&prefix))
-        .try_collect::<Vec<_>>()
-        .await
-        .map_err(|e| s3.err("LIST", &prefix, e))?;
+    let metas = s3.list_under(LOCKS_DIR).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

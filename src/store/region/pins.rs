@@ -21,7 +21,6 @@ use super::s3::S3Dir;
 use crate::store::backend::Collection;
 use crate::store::error::{Result, StoreError};
 use crate::store::ids::{ContentHash, SnapshotId};
-use futures::TryStreamExt;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore as _, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -285,13 +284,7 @@ fn pin_thread(s3: &S3Dir, p: &Pin, fresh: bool, cmds: &Receiver<Cmd>, done: &Sen
 /// be known, so gc must not go on without it.
 pub fn list(s3: &S3Dir) -> Result<Vec<Pin>> {
     s3.block_on(async {
-        let prefix = s3.rel_key(PINS_DIR);
-        let metas: Vec<_> = s3
-            .client()
-            .list(Some(&prefix))
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| s3.err("LIST", &prefix, e))?;
+        let metas = s3.list_under(PINS_DIR).await?;
         let mut pins = Vec::new();
         for m in metas {
             let what = || format!("{} in region {}", m.location, s3.spec().name);

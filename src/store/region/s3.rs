@@ -193,6 +193,16 @@ impl S3Dir {
         self.key(&format!("{}/{id}.json", c.dir()))
     }
 
+    /// The objects under `rel` (a folder under the region's prefix: `locks`, `pins`).
+    pub async fn list_under(&self, rel: &str) -> Result<Vec<object_store::ObjectMeta>> {
+        let prefix = self.key(rel);
+        self.s3
+            .list(Some(&prefix))
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| self.err("LIST", &prefix, e))
+    }
+
     /// The key of `rel` under the region's prefix (locks, see [`super::lock`]).
     pub fn rel_key(&self, rel: &str) -> Key {
         self.key(rel)
