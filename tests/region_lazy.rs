@@ -211,3 +211,48 @@ fn a_lazy_launch_asks_the_region_for_each_object_once() {
     // The first chunk, and at most its read-ahead (READ_AHEAD = 4).
     assert!((1..=5).contains(&chunks.len()), "{reqs:#?}");
 }
+
+/// `create-image` of an instance launched from a region makes an image of the local store that
+/// needs the region no more: the instance's snapshot is pulled whole first (what is not local
+/// yet is fetched and checked), and with the server gone the new image's volume is the
+/// original byte for byte.
+#[test]
+fn an_image_of_an_instance_launched_from_a_region_is_whole_locally() {
+    let mut moto = Moto::start();
+    let (_a, ami, disk) = push_guest_image(&moto, CHUNKS);
+    let b = Host::new(&moto);
+    b.run_ok(&[
+        "run",
+        &ami,
+        "--region",
+        REGION,
+        "--name",
+        "src",
+        "--timeout",
+        "60",
+        "--append",
+        "blk=read:0:8",
+    ]);
+    assert!(local_chunks(&b) < CHUNKS as usize);
+    let out = b.run(Some(OWNER), &["create-image", "src", "--name", "backup"]);
+    let err = region_common::text(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("fetched from region"), "{err}");
+    let backup = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(local_chunks(&b), CHUNKS as usize);
+
+    moto.kill();
+    // The volume (its mapping's 1 GiB) starts with the image's 8 MiB, then zeros.
+    let copy = store_common::root_snapshot(&b.env, Some(OWNER), &backup);
+    let dump = b.env.path("backup.raw");
+    b.env.ok(
+        Some(OWNER),
+        &["snapshot", "dump", &copy, "-o", dump.to_str().unwrap()],
+    );
+    let bytes = std::fs::read(&dump).unwrap();
+    assert!(bytes.starts_with(&disk), "the image's data");
+    assert!(
+        bytes[disk.len()..].iter().all(|&b| b == 0),
+        "zeros after it"
+    );
+}

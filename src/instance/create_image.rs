@@ -5,6 +5,10 @@
 //! read, hashed and stored if new; every other chunk is taken from the parent snapshot's
 //! manifest. All snapshots and the image are committed in one store transaction. The source
 //! image and its snapshots are never written.
+//!
+//! An instance launched from a region (`run --region`) reads the chunks of its snapshots from
+//! there: the new image must not depend on the region, so the snapshots are first pulled whole
+//! into the local store (what it lacks is downloaded and checked).
 
 use super::record::Instance;
 use super::state::InstanceState;
@@ -24,10 +28,13 @@ pub struct CreateImageReport {
     /// Chunks the store did not have yet, and their bytes.
     pub new_chunks: u64,
     pub new_bytes: u64,
+    /// Chunks of the instance's snapshots downloaded from its region first.
+    pub chunks_fetched: u64,
 }
 
-/// Create image `name` from `inst`, owned by `caller`. A running instance needs `no_reboot`:
-/// the image then holds what the guest had flushed.
+/// Create image `name` from `inst`, owned by `caller`, in `store` (the local store, not one
+/// with a region behind it). A running instance needs `no_reboot`: the image then holds what
+/// the guest had flushed.
 pub fn create_image(
     store: &Store,
     caller: &AccountId,
@@ -58,6 +65,27 @@ pub fn create_image(
     crate::store::manifest::validate_name(name)?;
     crate::store::manifest::validate_description(description)?;
     store.check_name_free(caller, name, None)?;
+    let chunks_fetched = match &inst.region {
+        Some(r) => {
+            let region = store.open_region(r)?;
+            let ids: Vec<_> = inst
+                .volumes
+                .iter()
+                .filter(|v| !v.deleted)
+                .map(|v| v.snapshot_id.clone())
+                .collect();
+            let pulled = crate::store::region::transfer::pull_snapshots(
+                store,
+                &region,
+                inst.image.image_id.as_str(),
+                &ids,
+                &inst.image.blobs(),
+                progress,
+            )?;
+            pulled.chunks_fetched
+        }
+        None => 0,
+    };
     let dir = inst.dir(store)?;
     let mut txn = store.begin()?;
     let mut mappings = Vec::new();
@@ -128,6 +156,7 @@ pub fn create_image(
         chunks_hashed: hashed,
         new_chunks,
         new_bytes,
+        chunks_fetched,
     };
     Ok((image, report))
 }

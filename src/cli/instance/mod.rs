@@ -263,6 +263,9 @@ pub fn run(cmd: InstanceCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
                 print_json(&report)?;
             } else {
                 println!("{}", report.image_id);
+                if let (Some(r), n) = (&inst.region, report.chunks_fetched) {
+                    eprintln!("amivm: {n} chunk(s) of its volumes fetched from region {r} first");
+                }
                 eprintln!(
                     "amivm: created {} from {}: {} chunk(s) written by the instance hashed, {} new ({} bytes) stored; snapshots {}",
                     report.image_id,

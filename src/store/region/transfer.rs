@@ -15,7 +15,7 @@ use super::Region;
 use crate::store::accounts::require_owner;
 use crate::store::backend::{Collection, ObjectNs, ObjectStore as _};
 use crate::store::error::{Result, StoreError};
-use crate::store::ids::ContentHash;
+use crate::store::ids::{ContentHash, SnapshotId};
 use crate::store::manifest::Image;
 use crate::store::snapshot::Snapshot;
 use crate::store::txn::to_json;
@@ -336,22 +336,45 @@ pub fn pull_image(
         .snapshot_ids()
         .map(|id| region.store.snapshot(id))
         .collect::<Result<_>>()?;
-    for s in &snaps {
+    let mut txn = local.begin()?;
+    stage_missing(
+        local,
+        region,
+        &snaps,
+        &image.blobs(),
+        &mut txn,
+        &mut report,
+        progress,
+    )?;
+    txn.put_image(&image)?;
+    txn.commit(|s| s.check_import(&image, &snaps))?;
+    Ok(report)
+}
+
+/// Stage in `txn` what the local store lacks of the snapshots `snaps` (manifests and chunks)
+/// and of `blobs`, downloaded from the region and checked. An object the local store already
+/// has must be in the region too (a manifest naming a hash the region does not hold must not
+/// hand out local data).
+fn stage_missing(
+    local: &Store,
+    region: &Region,
+    snaps: &[Snapshot],
+    blobs: &[ContentHash],
+    txn: &mut crate::store::Txn<'_>,
+    report: &mut PullReport,
+    progress: &dyn Progress,
+) -> Result<()> {
+    for s in snaps {
         s.validate_new()?;
     }
-    let chunks = chunk_set(&snaps);
+    let chunks = chunk_set(snaps);
     report.chunks = chunks.len() as u64;
-    let mut txn = local.begin()?;
-    let mut wanted: Vec<(ObjectNs, ContentHash)> = Vec::new();
-    for b in image.blobs() {
-        wanted.push((ObjectNs::Blob, b));
-    }
+    let mut wanted: Vec<(ObjectNs, ContentHash)> =
+        blobs.iter().map(|b| (ObjectNs::Blob, *b)).collect();
     wanted.extend(chunks.iter().map(|h| (ObjectNs::Chunk, *h)));
     let mut missing = Vec::new();
     for (ns, h) in wanted {
         if local.backend().object_exists(ns, &h)? {
-            // Link only to what the region really carries (a manifest naming a hash it
-            // does not hold must not hand out local data).
             if !region.s3.object_exists(ns, &h)? {
                 return Err(StoreError::corrupt(
                     format!("region {}", region.spec.name),
@@ -382,13 +405,48 @@ pub fn pull_image(
         }
     }
     progress.finish();
-    for s in &snaps {
+    for s in snaps {
         if !local.has_snapshot(&s.snapshot_id)? {
             txn.put_snapshot(s)?;
         }
     }
-    txn.put_image(&image)?;
-    txn.commit(|s| s.check_import(&image, &snaps))?;
+    Ok(())
+}
+
+/// Make the local store hold the region's snapshots `ids` whole (manifests and every chunk)
+/// and the blobs `blobs`, all checked: what an instance launched from the region (of image
+/// `image_id`) needs before its volumes can become an image of the local store. A snapshot the
+/// local store has is whole already.
+pub fn pull_snapshots(
+    local: &Store,
+    region: &Region,
+    image_id: &str,
+    ids: &[SnapshotId],
+    blobs: &[ContentHash],
+    progress: &dyn Progress,
+) -> Result<PullReport> {
+    let mut report = PullReport {
+        image_id: image_id.to_string(),
+        region: region.spec.name.clone(),
+        ..Default::default()
+    };
+    let mut snaps = Vec::new();
+    for id in ids {
+        if !local.has_snapshot(id)? {
+            snaps.push(region.store.snapshot(id)?);
+        }
+    }
+    let mut txn = local.begin()?;
+    stage_missing(
+        local,
+        region,
+        &snaps,
+        blobs,
+        &mut txn,
+        &mut report,
+        progress,
+    )?;
+    txn.commit(|_| Ok(()))?;
     Ok(report)
 }
 
