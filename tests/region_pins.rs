@@ -49,6 +49,9 @@ fn what_an_instance_reads_from_a_region_outlives_its_image_until_it_is_terminate
     assert_eq!(ps[0]["State"]["Name"], "stopped", "{ps}");
     let pins = under(&moto.keys(), "pins/");
     assert_eq!(pins, vec![format!("pins/{id}.json")]);
+    // The local store does not count what lives in the region as its own (nor as missing).
+    let verify = b.ok(None, &["store", "verify"]);
+    assert!(verify.contains("checked 0 snapshots"), "{verify}");
 
     // The owner deregisters the image and asks for its snapshot to go: the instance's pin
     // keeps it, and gc keeps its chunks and kernel.

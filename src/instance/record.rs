@@ -146,9 +146,11 @@ impl Instance {
     }
 
     /// What the record keeps alive in the store: the kernel and initrd, and the snapshots
-    /// under volumes that still exist.
+    /// under volumes that still exist. Nothing for an instance launched from a region: those
+    /// live in the region (kept there by the instance's pin, see
+    /// [`crate::store::region::pins`]), not in the local store.
     pub fn refs(&self) -> StoreRefs {
-        if self.volumes.iter().all(|v| v.deleted) {
+        if self.region.is_some() || self.volumes.iter().all(|v| v.deleted) {
             return StoreRefs::default();
         }
         let mut refs = StoreRefs::of_image(&self.image);
