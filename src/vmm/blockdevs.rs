@@ -110,7 +110,7 @@ impl VirtioSlot<'_> {
 /// durable even if it never sent FLUSH (a copy-on-write overlay persists its bitmap then).
 pub fn flush_all(devices: &[Arc<Mutex<MmioBlockDevice>>]) -> Result<(), String> {
     for (i, d) in devices.iter().enumerate() {
-        let dev = d.lock().unwrap_or_else(|p| p.into_inner());
+        let dev = crate::sync::relock(d);
         dev.flush()
             .map_err(|e| format!("drive {i}: final flush failed: {e}"))?;
     }

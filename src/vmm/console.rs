@@ -92,7 +92,7 @@ pub fn spawn_stdin_forwarder(
                 }
                 let mut rest: &[u8] = &out;
                 while !rest.is_empty() {
-                    let took = serial.lock().unwrap_or_else(|p| p.into_inner()).input(rest);
+                    let took = crate::sync::relock(&serial).input(rest);
                     rest = &rest[took..];
                     if took == 0 {
                         std::thread::sleep(std::time::Duration::from_millis(5));

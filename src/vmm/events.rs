@@ -91,7 +91,7 @@ impl EventSink {
 
     /// Send an event; a closed channel (the VM already ended) is ignored.
     pub fn send(&self, ev: VmEvent) {
-        let tx = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = crate::sync::relock(&self.0);
         let _ = tx.send(ev);
     }
 }

@@ -44,18 +44,14 @@ pub fn attach(
     let h = new_net(mem.clone(), dev.mac, dev.backend, dev.interceptor)
         .map_err(|e| dev_err(e.to_string()))?;
     let mut log = console_log;
-    h.bus_device
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .on_link_lost(Box::new(move |why| {
-            let line = format!(
-                "amivm: network lost ({why}); the instance keeps running without a network\n"
-            );
-            log::error!("{}", line.trim_end());
-            if let Some(f) = log.as_mut() {
-                let _ = f.write_all(line.as_bytes());
-            }
-        }));
+    crate::sync::relock(&h.bus_device).on_link_lost(Box::new(move |why| {
+        let line =
+            format!("amivm: network lost ({why}); the instance keeps running without a network\n");
+        log::error!("{}", line.trim_end());
+        if let Some(f) = log.as_mut() {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }));
     let slot = VirtioSlot {
         base,
         gsi,

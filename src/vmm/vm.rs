@@ -484,13 +484,7 @@ impl Vmm {
             (Ok(()), other) => other,
         };
         use std::io::Write;
-        let _ = self
-            .serial
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .writer_mut()
-            .flush();
+        let _ = crate::sync::relock(&self.serial).0.writer_mut().flush();
         Ok(exit)
     }
 
@@ -498,16 +492,8 @@ impl Vmm {
     /// through ACPI, Ctrl-Alt-Del on the i8042 for the others.
     fn ask_guest_to_shut_down(&self) {
         match self.config.discovery {
-            DeviceDiscovery::Acpi => self
-                .ged
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .press_power_button(),
-            DeviceDiscovery::Cmdline => self
-                .i8042
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .ctrl_alt_del(),
+            DeviceDiscovery::Acpi => crate::sync::relock(&self.ged).press_power_button(),
+            DeviceDiscovery::Cmdline => crate::sync::relock(&self.i8042).ctrl_alt_del(),
         }
     }
 

@@ -88,7 +88,7 @@ impl Bus {
 
 /// Lock a device, recovering from a poisoned mutex (a panic elsewhere must not wedge the bus).
 fn lock(dev: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    dev.lock().unwrap_or_else(|p| p.into_inner())
+    crate::sync::relock(dev)
 }
 
 #[cfg(test)]

@@ -89,7 +89,7 @@ struct DeviceState {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, DeviceState> {
         // A panic elsewhere must not wedge the device: the state stays consistent per register.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::relock(&self.state)
     }
 
     fn raise(&self, bits: u32) {

@@ -48,7 +48,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, NetState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::relock(&self.state)
     }
 
     fn raise(&self, bits: u32) {
@@ -111,12 +111,7 @@ impl Shared {
         };
         drop(st);
         if let Some(why) = lost {
-            if let Some(f) = self
-                .on_lost
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_mut()
-            {
+            if let Some(f) = crate::sync::relock(&self.on_lost).as_mut() {
                 f(&why);
             }
         }
@@ -165,11 +160,7 @@ impl MmioNetDevice {
 
     /// Call `f` once, with the reason, if the backend is lost.
     pub fn on_link_lost(&self, f: LinkLost) {
-        *self
-            .shared
-            .on_lost
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(f);
+        *crate::sync::relock(&self.shared.on_lost) = Some(f);
     }
 
     /// Signalled by QueueNotify writes (either queue): register it as an ioeventfd at
