@@ -89,7 +89,8 @@ pub enum Command {
     #[command(subcommand)]
     Snapshot(image::SnapshotCmd),
     /// Remove chunks and blobs nothing references, and leftover temporary files (with
-    /// --region: a region's chunks, blobs and snapshot manifests no image there names).
+    /// --region: a region's chunks, blobs and snapshot manifests that no image there names
+    /// and no instance launched from there pins).
     Gc(region::GcArgs),
     /// Check the image store itself (`store verify`).
     #[command(subcommand)]
