@@ -74,6 +74,12 @@ fn what_an_instance_reads_from_a_region_outlives_its_image_until_it_is_terminate
         (&1.into(), &0.into()),
         "{r}"
     );
+    assert_eq!(r["PinnedBy"][0]["InstanceId"], id.as_str(), "{r}");
+    let text = a.ok(Some(OWNER), &["gc", "--region", REGION, "--dry-run"]);
+    assert!(
+        text.contains(&format!("pinned by instance {id} on ")),
+        "{text}"
+    );
     assert_eq!(
         (&r["BlobsRemoved"], &r["SnapshotsRemoved"]),
         (&0.into(), &0.into())

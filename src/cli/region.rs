@@ -219,6 +219,12 @@ pub fn run_gc(args: GcArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
             rep.images,
             rep.pins
         );
+        for p in &rep.pinned_by {
+            println!(
+                "  pinned by instance {} on {} (image {}, since {})",
+                p.instance_id, p.host, p.image_id, p.created
+            );
+        }
     }
     Ok(0)
 }
