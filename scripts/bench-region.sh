@@ -16,6 +16,7 @@
 #   once and reads 8 sectors of chunk 0.
 #
 # Environment: AMIVM_BIN (default: cargo build --release), SIZE_MIB (64), LAZY_GIB (8),
+# LAZY_RUNS (15: a boot takes a tenth of a second and its time varies run to run by +-30 % here),
 # AMIVM_VENV (default: scripts/python-env.sh).
 set -euo pipefail
 # shellcheck source=lib/common.sh
@@ -24,6 +25,7 @@ set -euo pipefail
 RUNS=${1:-5}
 SIZE_MIB=${SIZE_MIB:-64}
 LAZY_GIB=${LAZY_GIB:-8}
+LAZY_RUNS=${LAZY_RUNS:-15}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 if [[ -z "${AMIVM_BIN:-}" ]]; then
     (cd "$REPO" && cargo build --release --quiet --bin amivm)
@@ -90,7 +92,7 @@ echo "   pull  amivm: ${L} s ($(mib "$L"))   aws s3 cp: ${AD} s ($(mib "$AD"))  
 echo "   second push: chunks uploaded per run: ${second[*]} (goal: 0)"
 
 # Lazy boot: one 8 GiB image in the region, pulled once into a local store for the baseline.
-echo "== lazy boot: ${LAZY_GIB} GiB root volume, 1 MiB of data every 16 MiB"
+echo "== lazy boot: ${LAZY_GIB} GiB root volume, 1 MiB of data every 16 MiB, runs: $LAZY_RUNS"
 python3 - "$WORK/big.img" "$LAZY_GIB" <<'PY'
 import os, sys
 mib = 1 << 20
@@ -122,7 +124,7 @@ print(f"{t1 - t0:.4f} {t2 - t0:.4f} {m.group(1) if m else '-'}")
 PY
 }
 lz_first=(); lz_exit=(); lo_first=(); lo_exit=(); fetched=()
-for run in $(seq 1 "$RUNS"); do
+for run in $(seq 1 "$LAZY_RUNS"); do
     read -r f e _ < <(first_line "$AMIVM_BIN" --store "$LOCAL" --account "$OWNER" run "$BIG" --rm --timeout 60 --append blk=read:0:8)
     lo_first+=("$f"); lo_exit+=("$e")
     L=$WORK/host-lazy-$run
