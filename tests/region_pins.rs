@@ -172,3 +172,42 @@ fn a_pin_made_while_a_gc_runs_waits_for_it_and_warns() {
     b.ok(Some(OWNER), &["terminate", "waits"]);
     assert!(under(&moto.keys(), "pins/").is_empty());
 }
+
+/// `stop` keeps the pin (the stopped instance reads through the region when started again);
+/// only `terminate` removes it.
+#[test]
+fn a_stopped_instance_keeps_its_pin() {
+    let moto = region_common::Moto::start();
+    let (_a, ami, _) = push_guest_image(&moto, 2);
+    let b = Host::new(&moto);
+    b.ok(
+        Some(OWNER),
+        &[
+            "run",
+            &ami,
+            "--region",
+            REGION,
+            "--name",
+            "hangs",
+            "--detach",
+            "--append",
+            "exit=hang",
+        ],
+    );
+    let t0 = std::time::Instant::now();
+    while under(&moto.keys(), "pins/").is_empty() {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "no pin while the instance runs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    b.ok(Some(OWNER), &["stop", "--force", "hangs"]);
+    assert_eq!(
+        b.json(Some(OWNER), &["ps", "--all"])[0]["State"]["Name"],
+        "stopped"
+    );
+    assert_eq!(under(&moto.keys(), "pins/").len(), 1, "stop keeps the pin");
+    b.ok(Some(OWNER), &["terminate", "hangs"]);
+    assert!(under(&moto.keys(), "pins/").is_empty());
+}

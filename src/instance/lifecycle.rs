@@ -209,10 +209,7 @@ pub fn stop(store: &Store, caller: &AccountId, id_or_name: &str, force: bool) ->
         }
         Ok(())
     }) {
-        Ok(i) => {
-            unpin(store, &i);
-            Ok(i)
-        }
+        Ok(i) => Ok(i),
         // `--rm` instances remove themselves when they stop.
         Err(InstanceError::NotFound(_)) => Ok(Instance {
             state: InstanceState::Stopped,
