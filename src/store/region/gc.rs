@@ -36,7 +36,7 @@ pub struct RegionGcReport {
     pub pins: u64,
     /// Those pins: which instance, on which host, since when (a pin whose host is gone for
     /// good is removed by hand, see [`super::pins`]).
-    pub pinned_by: Vec<PinnedBy>,
+    pub pinned_by: Vec<Pin>,
     pub snapshots_removed: u64,
     pub chunks_removed: u64,
     pub chunks_kept: u64,
@@ -44,16 +44,6 @@ pub struct RegionGcReport {
     pub blobs_kept: u64,
     pub bytes_freed: u64,
     pub stale_locks_removed: u64,
-}
-
-/// One pin, as the gc report shows it.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct PinnedBy {
-    pub instance_id: String,
-    pub host: String,
-    pub image_id: String,
-    pub created: String,
 }
 
 /// What a region gc deletes, worked out from the manifests and the object listings.
@@ -169,15 +159,7 @@ pub fn gc_region(region: &Region, dry_run: bool) -> Result<RegionGcReport> {
         dry_run,
         images: images.len() as u64,
         pins: pins.len() as u64,
-        pinned_by: pins
-            .iter()
-            .map(|p| PinnedBy {
-                instance_id: p.instance_id.clone(),
-                host: p.host.clone(),
-                image_id: p.image_id.clone(),
-                created: p.created.clone(),
-            })
-            .collect(),
+        pinned_by: pins,
         snapshots_removed: p.snapshots.len() as u64,
         chunks_removed: p.chunks.len() as u64,
         chunks_kept: p.chunks_kept,

@@ -194,11 +194,7 @@ pub async fn list_async(s3: &S3Dir) -> Result<Vec<LockInfo>> {
 
 /// Delete the lock called `name` (a stale one: see [`LOCK_STALE`]).
 pub fn remove(s3: &S3Dir, name: &str) -> Result<()> {
-    let key = s3.rel_key(&format!("{LOCKS_DIR}/{name}"));
-    match s3.block_on(s3.client().delete(&key)) {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(s3.err("DELETE", &key, e)),
-    }
+    s3.block_on(s3.remove_rel(&format!("{LOCKS_DIR}/{name}")))
 }
 
 /// This host's name (for the lock's name: who holds it), `host` when unknown.

@@ -21,7 +21,6 @@ use super::s3::S3Dir;
 use crate::store::backend::Collection;
 use crate::store::error::{Result, StoreError};
 use crate::store::ids::{ContentHash, SnapshotId};
-use object_store::path::Path as Key;
 use object_store::{ObjectStore as _, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
@@ -101,15 +100,16 @@ pub fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn key(s3: &S3Dir, instance_id: &str) -> Result<Key> {
+/// Where the pin of `instance_id` lives, under the region's prefix.
+fn rel(instance_id: &str) -> Result<String> {
     check_name(instance_id)?;
-    Ok(s3.rel_key(&format!("{PINS_DIR}/{instance_id}.json")))
+    Ok(format!("{PINS_DIR}/{instance_id}.json"))
 }
 
 /// Create `pin` (an existing pin of the same instance is kept: it names the same volumes) and
 /// tell whether it is safe yet; an error when a snapshot it names has left the region.
 pub async fn pin(s3: &S3Dir, pin: &Pin) -> Result<Pinned> {
-    let key = key(s3, &pin.instance_id)?;
+    let key = s3.rel_key(&rel(&pin.instance_id)?);
     let body = serde_json::to_vec_pretty(pin)
         .map_err(|e| StoreError::Invalid(format!("pin {}: {e}", pin.instance_id)))?;
     let put = s3
@@ -148,11 +148,7 @@ pub async fn pin(s3: &S3Dir, pin: &Pin) -> Result<Pinned> {
 
 /// Delete the pin of `instance_id` (none is fine).
 pub async fn unpin(s3: &S3Dir, instance_id: &str) -> Result<()> {
-    let key = key(s3, instance_id)?;
-    match s3.client().delete(&key).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(s3.err("DELETE", &key, e)),
-    }
+    s3.remove_rel(&rel(instance_id)?).await
 }
 
 /// What a [`PinTask`] is asked to do next.

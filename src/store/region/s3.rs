@@ -203,9 +203,19 @@ impl S3Dir {
             .map_err(|e| self.err("LIST", &prefix, e))
     }
 
-    /// The key of `rel` under the region's prefix (locks, see [`super::lock`]).
+    /// The key of `rel` under the region's prefix (locks and pins: [`super::lock`],
+    /// [`super::pins`]).
     pub fn rel_key(&self, rel: &str) -> Key {
         self.key(rel)
+    }
+
+    /// Delete the object `rel` under the region's prefix; one already gone is fine.
+    pub async fn remove_rel(&self, rel: &str) -> Result<()> {
+        let key = self.key(rel);
+        match self.s3.delete(&key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err("DELETE", &key, e)),
+        }
     }
 
     fn key(&self, rel: &str) -> Key {
