@@ -17,6 +17,8 @@
 #
 # Environment: AMIVM_BIN (default: cargo build --release), SIZE_MIB (64), LAZY_GIB (8),
 # LAZY_RUNS (15: a boot takes a tenth of a second and its time varies run to run by +-30 % here),
+# LAZY_DELAY_MS (15: the lazy boot is measured again with each request held that long, as a
+# remote endpoint would; 0 skips it),
 # AMIVM_VENV (default: scripts/python-env.sh).
 set -euo pipefail
 # shellcheck source=lib/common.sh
@@ -26,6 +28,7 @@ RUNS=${1:-5}
 SIZE_MIB=${SIZE_MIB:-64}
 LAZY_GIB=${LAZY_GIB:-8}
 LAZY_RUNS=${LAZY_RUNS:-15}
+LAZY_DELAY_MS=${LAZY_DELAY_MS:-15}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 if [[ -z "${AMIVM_BIN:-}" ]]; then
     (cd "$REPO" && cargo build --release --quiet --bin amivm)
@@ -34,7 +37,12 @@ fi
 VENV=${AMIVM_VENV:-$("$REPO/scripts/python-env.sh")}
 WORK=$(mktemp -d)
 MOTO_PID=
-cleanup() { [[ -n $MOTO_PID ]] && kill "$MOTO_PID" 2>/dev/null; rm -rf "$WORK"; }
+PROXY_PID=
+cleanup() {
+    [[ -n $MOTO_PID ]] && kill "$MOTO_PID" 2>/dev/null
+    [[ -n $PROXY_PID ]] && kill "$PROXY_PID" 2>/dev/null
+    rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_DEFAULT_REGION=us-east-1
@@ -123,18 +131,35 @@ m = re.search(r"fetched (\d+) chunks", err)
 print(f"{t1 - t0:.4f} {t2 - t0:.4f} {m.group(1) if m else '-'}")
 PY
 }
-lz_first=(); lz_exit=(); lo_first=(); lo_exit=(); fetched=()
-for run in $(seq 1 "$LAZY_RUNS"); do
-    read -r f e _ < <(first_line "$AMIVM_BIN" --store "$LOCAL" --account "$OWNER" run "$BIG" --rm --timeout 60 --append blk=read:0:8)
-    lo_first+=("$f"); lo_exit+=("$e")
-    L=$WORK/host-lazy-$run
-    amivm --store "$L" region add lazy "s3://bench/lazy" --endpoint "$URL" --path-style >/dev/null
-    read -r f e n < <(first_line "$AMIVM_BIN" --store "$L" --account "$OWNER" run "$BIG" --region lazy --rm --timeout 60 --append blk=read:0:8)
-    lz_first+=("$f"); lz_exit+=("$e"); fetched+=("$n")
-    rm -rf "$L"
-    printf '   run %d: first line local %.3f s, lazy %.3f s; exit local %.3f s, lazy %.3f s; chunks fetched %s\n' \
-        "$run" "${lo_first[-1]}" "$f" "${lo_exit[-1]}" "$e" "$n"
-done
-LF=$(m "${lz_first[@]}"); OF=$(m "${lo_first[@]}"); LE=$(m "${lz_exit[@]}"); OE=$(m "${lo_exit[@]}")
-echo "   lazy boot of a ${LAZY_GIB} GiB image (${VOL_GIB} GiB volume): first console line, image local: ${OF} s   from the region, nothing local: ${LF} s   ratio: $(ratio "$LF" "$OF") (goal <= 1.10)"
-echo "   the same runs to the guest's exit: local ${OE} s   from the region ${LE} s   ratio: $(ratio "$LE" "$OE"); chunks fetched per run: ${fetched[*]}"
+# lazy_boots ENDPOINT WHAT: LAZY_RUNS alternating boots, of the image local and from the
+# region at ENDPOINT with nothing local; prints per-run figures, medians and ratios.
+lazy_boots() {
+    local endpoint=$1 what=$2 run f e n L
+    lz_first=(); lz_exit=(); lo_first=(); lo_exit=(); fetched=()
+    for run in $(seq 1 "$LAZY_RUNS"); do
+        read -r f e _ < <(first_line "$AMIVM_BIN" --store "$LOCAL" --account "$OWNER" run "$BIG" --rm --timeout 60 --append blk=read:0:8)
+        lo_first+=("$f"); lo_exit+=("$e")
+        L=$WORK/host-lazy-$run
+        amivm --store "$L" region add lazy "s3://bench/lazy" --endpoint "$endpoint" --path-style >/dev/null
+        read -r f e n < <(first_line "$AMIVM_BIN" --store "$L" --account "$OWNER" run "$BIG" --region lazy --rm --timeout 60 --append blk=read:0:8)
+        lz_first+=("$f"); lz_exit+=("$e"); fetched+=("$n")
+        rm -rf "$L"
+        printf '   run %d: first line local %.3f s, lazy %.3f s; exit local %.3f s, lazy %.3f s; chunks fetched %s\n' \
+            "$run" "${lo_first[-1]}" "$f" "${lo_exit[-1]}" "$e" "$n"
+    done
+    LF=$(m "${lz_first[@]}"); OF=$(m "${lo_first[@]}"); LE=$(m "${lz_exit[@]}"); OE=$(m "${lo_exit[@]}")
+    echo "   lazy boot of a ${LAZY_GIB} GiB image (${VOL_GIB} GiB volume), $what: first console line, image local: ${OF} s   from the region, nothing local: ${LF} s   ratio: $(ratio "$LF" "$OF") (goal <= 1.10)"
+    echo "   the same runs to the guest's exit: local ${OE} s   from the region ${LE} s   ratio: $(ratio "$LE" "$OE"); chunks fetched per run: ${fetched[*]}"
+}
+lazy_boots "$URL" "moto on this host"
+
+# The same through a proxy that holds each request LAZY_DELAY_MS before passing it on: a
+# remote S3 endpoint's latency, where what a launch waits for in turn counts most.
+if (( LAZY_DELAY_MS > 0 )); then
+    DPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    python3 "$REPO/scripts/lib/delay-proxy.py" "$DPORT" "$PORT" "$LAZY_DELAY_MS" &
+    PROXY_PID=$!
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$DPORT") 2>/dev/null && break; sleep 0.1; done
+    echo "== lazy boot again, each request to moto held ${LAZY_DELAY_MS} ms (scripts/lib/delay-proxy.py)"
+    lazy_boots "http://127.0.0.1:$DPORT" "requests held ${LAZY_DELAY_MS} ms"
+fi

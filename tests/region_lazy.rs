@@ -256,3 +256,31 @@ fn an_image_of_an_instance_launched_from_a_region_is_whole_locally() {
         "zeros after it"
     );
 }
+
+/// A launch sizes the volume from the image's mapping (its snapshot manifest is fetched while
+/// the instance and the VM are made): a region image whose snapshot is larger than its
+/// mapping's VolumeSize, which registration would refuse, fails to launch with a clear error.
+#[test]
+fn a_region_image_whose_snapshot_outgrows_its_mapping_fails_to_launch() {
+    let moto = Moto::start();
+    let (a, ami, _disk) = push_guest_image(&moto, CHUNKS);
+    let key = moto
+        .keys()
+        .into_iter()
+        .find(|k| k.starts_with("snapshots/"))
+        .expect("a snapshot manifest in the bucket");
+    let scratch = a.env.path("manifest");
+    let mut snap: serde_json::Value = serde_json::from_slice(&moto.get(&key, &scratch)).unwrap();
+    // The same chunks in a 2 GiB snapshot; the image still maps it as 1 GiB.
+    snap["SizeBytes"] = (2u64 << 30).into();
+    snap["VolumeSize"] = 2.into();
+    moto.put(&key, &serde_json::to_vec(&snap).unwrap(), &scratch);
+    let b = Host::new(&moto);
+    let out = lazy_run(&b, OWNER, &ami, "blk=read:0:8");
+    assert_eq!(out.code, Some(125), "{}", out.describe());
+    assert!(
+        out.stderr.contains("is smaller than snapshot") && out.stderr.contains("2147483648"),
+        "{}",
+        out.describe()
+    );
+}

@@ -333,3 +333,50 @@ fn an_interrupted_commit_is_finished_on_open() {
     );
     assert!(store.resolve_image(&owner, "base").is_err());
 }
+
+/// A launch sizes each volume from its mapping's VolumeSize without reading the snapshot
+/// manifest first, so registration refuses a mapping smaller than its snapshot.
+#[test]
+fn a_mapping_smaller_than_its_snapshot_is_refused() {
+    let env = Env::new();
+    let disk = env.path("big.raw");
+    // 1 GiB and one chunk: VolumeSize 2 GiB; sparse, only the last chunk holds data.
+    let size = (1 << 30) + CHUNK;
+    make_disk(&disk, size, &[((1 << 30) / CHUNK, 9)]);
+    let store = Store::open(&env.store).unwrap();
+    let owner = AccountId::parse(OWNER).unwrap();
+    let req = CreateImageRequest {
+        owner: owner.clone(),
+        name: "big".into(),
+        description: String::new(),
+        kernel: env.kernel(),
+        initrd: None,
+        cmdline: None,
+        root: disk,
+        root_size: None,
+        volumes: vec![],
+        tags: BTreeMap::new(),
+        device_discovery: Default::default(),
+        product_codes: Vec::new(),
+        default_user: None,
+    };
+    let image = store.create_image(&req, &NoProgress).unwrap();
+    let mut root = image.root_mapping().unwrap().clone();
+    assert_eq!(root.ebs.volume_size, 2);
+    root.ebs.volume_size = 1;
+    let small = store
+        .image_from_snapshots(&owner, "too small", "", &image, vec![root.clone()])
+        .unwrap();
+    let err = store.register_image(&small).unwrap_err().to_string();
+    assert!(
+        err.contains("VolumeSize 1 GiB is smaller than snapshot")
+            && err.contains(&size.to_string()),
+        "{err}"
+    );
+    assert!(store.resolve_image(&owner, "too small").is_err());
+    root.ebs.volume_size = 2;
+    let fits = store
+        .image_from_snapshots(&owner, "fits", "", &image, vec![root])
+        .unwrap();
+    store.register_image(&fits).unwrap();
+}

@@ -18,7 +18,7 @@ use crate::vmm::boot::{cmdline, BootProtocol};
 use crate::vmm::devices::virtio::BlockConfig;
 use crate::vmm::jail::JailConfig;
 use crate::vmm::sandbox::{FsPolicy, SandboxConfig};
-use crate::vmm::{BlockDrive, ConsoleConfig, DeviceDiscovery, VmConfig, VmExit, Vmm};
+use crate::vmm::{BlockDrive, ConsoleConfig, DeviceDiscovery, VmConfig, VmExit, VmShell, Vmm};
 use crate::volume::CowOverlay;
 use regex::Regex;
 use std::path::PathBuf;
@@ -94,6 +94,8 @@ pub fn create(
 ) -> Result<(Instance, RunLock)> {
     let image = store.resolve_image(caller, &req.image)?;
     store.check_launch_permission(caller, &image)?;
+    // What the boot reads first, fetched while the instance is made (a region's image).
+    store.prefetch_launch(&image);
     if let Some(name) = &req.name {
         record::validate_name(name)?;
     }
@@ -127,12 +129,8 @@ pub fn create(
     let mut volumes = Vec::new();
     for m in &mappings {
         let overlay = overlay_name(&m.device_name);
-        let snap_bytes = store
-            .snapshot(&m.ebs.snapshot_id)
-            .map_err(|e| cleanup(e.into()))?
-            .size_bytes;
-        let size = volume_bytes(snap_bytes, m.ebs.volume_size);
-        make_overlay(store, &dir, &overlay, &m.ebs.snapshot_id, size).map_err(cleanup)?;
+        let size = volume_bytes(m.ebs.volume_size);
+        make_overlay(&dir, &overlay, &m.ebs.snapshot_id, size).map_err(cleanup)?;
         volumes.push(InstanceVolume {
             volume_id: generate_volume_id(),
             device_name: m.device_name.clone(),
@@ -193,31 +191,34 @@ pub fn create(
     Ok((inst, lock))
 }
 
-/// The size of a volume created from a mapping: its `VolumeSize` (GiB) or the snapshot's size,
-/// whichever is larger.
-fn volume_bytes(snapshot_bytes: u64, volume_size_gib: u64) -> u64 {
-    snapshot_bytes.max(volume_size_gib.saturating_mul(GIB))
+/// The size of a volume created from a mapping: its `VolumeSize` (GiB), which registration
+/// keeps at least the snapshot's size (a volume whose snapshot is larger fails to open at
+/// boot, with both sizes in the error).
+fn volume_bytes(volume_size_gib: u64) -> u64 {
+    volume_size_gib.saturating_mul(GIB)
 }
 
 /// A read-only view of a volume's snapshot, presented at the volume's size.
 pub fn base_view(store: &Store, v: &InstanceVolume) -> Result<SnapshotView> {
-    Ok(store
-        .snapshot_view(&v.snapshot_id)?
-        .with_size(v.size_bytes)?)
+    let view = store.snapshot_view(&v.snapshot_id)?;
+    let snapshot_bytes = view.snapshot().size_bytes;
+    view.with_size(v.size_bytes).map_err(|_| {
+        InstanceError::Invalid(format!(
+            "{}: the volume ({} bytes, the image's VolumeSize) is smaller than snapshot {} ({snapshot_bytes} bytes)",
+            v.device_name, v.size_bytes, v.snapshot_id
+        ))
+    })
 }
 
 /// Create the overlay `name` in `dir` over a snapshot shown at `size` bytes (nothing is
-/// copied).
+/// copied, nor the snapshot read: the boot opens it).
 fn make_overlay(
-    store: &Store,
     dir: &InstanceDir,
     name: &str,
     snapshot: &crate::store::SnapshotId,
     size: u64,
 ) -> Result<()> {
-    let view = store.snapshot_view(snapshot)?.with_size(size)?;
-    let overlay = CowOverlay::open(Box::new(view), &dir.file_path(name)?, snapshot.as_str())?;
-    drop(overlay);
+    CowOverlay::create_new(&dir.file_path(name)?, size, snapshot.as_str())?;
     Ok(())
 }
 
@@ -345,10 +346,13 @@ pub fn boot(
         let exit = super::jailed::run(store, &inst, &dir, opts, process)?;
         return finish_boot(store, id, lock, exit, first_launch);
     }
-    let built = vm_config(store, &inst, &dir, opts).and_then(|config| {
+    store.prefetch_launch(&inst.image);
+    let built = network_device(&inst, &dir).and_then(|(net, passt)| {
+        // The VM and its memory first: meanwhile a region's kernel and manifests arrive.
+        let shell = VmShell::new(inst.vcpus, inst.memory_mib)?;
+        let config = vm_config(store, &inst, &dir, opts)?;
         let drives = open_drives(store, &inst, &dir)?;
-        let (net, passt) = network_device(&inst, &dir)?;
-        Ok((Vmm::with_network(config, drives, net)?, passt))
+        Ok((Vmm::from_shell(shell, config, drives, net)?, passt))
     });
     let exit = match built {
         Err(e) => Err(e),
@@ -596,10 +600,10 @@ mod tests {
     }
 
     #[test]
-    fn volumes_take_the_larger_of_mapping_and_snapshot() {
-        assert_eq!(volume_bytes(64 << 20, 1), GIB);
-        assert_eq!(volume_bytes(3 * GIB + 512, 1), 3 * GIB + 512);
-        assert_eq!(volume_bytes(512, 0), 512);
+    fn volumes_have_their_mapping_size() {
+        assert_eq!(volume_bytes(1), GIB);
+        assert_eq!(volume_bytes(8), 8 * GIB);
+        assert_eq!(volume_bytes(u64::MAX), u64::MAX);
     }
 
     #[test]

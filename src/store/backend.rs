@@ -11,7 +11,7 @@
 
 use super::error::{Result, StoreError};
 use super::fsio;
-use super::ids::ContentHash;
+use super::ids::{ContentHash, SnapshotId};
 use super::layout::{self, Layout};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -119,6 +119,12 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     fn doc_stamp(&self, _collection: &Collection) -> Result<Option<String>> {
         Ok(None)
     }
+
+    /// A hint that these snapshot manifests and blobs are about to be read (a launch's volumes
+    /// and kernel): a backend with a slow side starts fetching them now, so that the work
+    /// before their first reader overlaps the wait. Reading them later gives what reading them
+    /// without the hint would (the same errors included). The local directory ignores it.
+    fn prefetch(&self, _snapshots: &[SnapshotId], _blobs: &[ContentHash]) {}
 }
 
 /// The redo journal of [`LocalDir::commit_docs`]: renames of staged files into place and

@@ -283,9 +283,18 @@ impl Store {
                 image.image_id
             )));
         }
-        for s in image.snapshot_ids() {
+        for m in &image.block_device_mappings {
+            let s = &m.ebs.snapshot_id;
             if !self.has_snapshot(s)? {
                 return Err(StoreError::NotFound(format!("snapshot {s} not found")));
+            }
+            // A launch sizes the volume from the mapping alone (before the manifest is read).
+            let size = self.snapshot(s)?.size_bytes;
+            if m.ebs.volume_size.saturating_mul(GIB) < size {
+                return Err(StoreError::Invalid(format!(
+                    "{}: VolumeSize {} GiB is smaller than snapshot {s} ({size} bytes)",
+                    m.device_name, m.ebs.volume_size
+                )));
             }
         }
         for b in image.blobs() {

@@ -326,6 +326,13 @@ impl Store {
         Ok(v)
     }
 
+    /// Start fetching what launching `image` reads first (its snapshot manifests, kernel and
+    /// initrd) where the backend is remote; see [`ObjectStore::prefetch`].
+    pub fn prefetch_launch(&self, image: &Image) {
+        let snapshots: Vec<SnapshotId> = image.snapshot_ids().cloned().collect();
+        self.backend.prefetch(&snapshots, &image.blobs());
+    }
+
     /// A file holding the image's kernel.
     pub fn kernel_blob_path(&self, image: &Image) -> Result<PathBuf> {
         self.backend

@@ -12,6 +12,7 @@ pub mod metadata;
 pub mod netdev;
 pub mod platform;
 pub mod sandbox;
+pub mod shell;
 pub mod vcpu;
 pub mod vm;
 pub mod x86_64;
@@ -19,6 +20,7 @@ pub mod x86_64;
 pub use blockdevs::BlockDrive;
 pub use netdev::NetworkDevice;
 pub use platform::DeviceDiscovery;
+pub use shell::VmShell;
 pub use vm::{ConsoleConfig, VmConfig, VmExit, Vmm};
 
 /// Errors building or running a VM.

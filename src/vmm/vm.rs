@@ -12,20 +12,16 @@ use super::devices::serial::{ConsoleSink, SerialDevice, COM1_GSI, COM1_PORT, COM
 use super::devices::virtio::net_mmio::MmioNetDevice;
 use super::devices::virtio::MmioBlockDevice;
 use super::events::{CrashReason, EventSink, VmEvent};
-use super::layout::{
-    ACPI_PM_PORT, ACPI_PM_PORT_SPAN, GED_GSI, GED_PORT, GED_PORT_SPAN, KVM_TSS_ADDRESS,
-    MIN_MEMORY_MIB,
-};
-use super::memory::{create_guest_memory, ram_end};
+use super::layout::{ACPI_PM_PORT, ACPI_PM_PORT_SPAN, GED_GSI, GED_PORT, GED_PORT_SPAN};
 use super::netdev::{self, NetworkDevice};
 use super::platform::{Board, DeviceDiscovery};
 use super::sandbox::{self, Role, SandboxConfig};
+use super::shell::VmShell;
 use super::vcpu::{create_vcpu, run_vcpu, VcpuContext};
 use super::x86_64::{cpuid, mptable};
 use super::VmmError;
 use crate::files;
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use regex::Regex;
 use std::os::unix::thread::JoinHandleExt;
 use std::path::PathBuf;
@@ -33,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
@@ -119,18 +115,6 @@ pub fn host_has_hardware_virt() -> bool {
         .unwrap_or(false)
 }
 
-/// Open /dev/kvm with a helpful error.
-pub fn open_kvm() -> Result<Kvm, VmmError> {
-    Kvm::new().map_err(|e| {
-        let hint = match e.errno() {
-            libc::ENOENT => "/dev/kvm does not exist: enable virtualisation in the firmware and load kvm_intel or kvm_amd (modprobe kvm_intel), or use a host/CI runner with nested virtualisation",
-            libc::EACCES | libc::EPERM => "no permission on /dev/kvm: add yourself to the kvm group (sudo usermod -aG kvm $USER, then log in again) or run as root",
-            _ => "cannot open /dev/kvm",
-        };
-        VmmError::KvmOpen { hint, source: e }
-    })
-}
-
 /// A built VM, ready to run.
 pub struct Vmm {
     _kvm: Kvm,
@@ -162,80 +146,37 @@ impl Vmm {
 
     /// As [`Vmm::new`], with a virtio-net device after the drives when `net` is given.
     pub fn with_network(
+        config: VmConfig,
+        drives: Vec<BlockDrive>,
+        net: Option<NetworkDevice>,
+    ) -> Result<Vmm, VmmError> {
+        let shell = VmShell::new(config.vcpus, config.mem_mib)?;
+        Self::from_shell(shell, config, drives, net)
+    }
+
+    /// As [`Vmm::with_network`], on a VM already made by [`VmShell::new`] (while the kernel
+    /// and the drives were still being fetched, say) for the same vCPUs and memory.
+    pub fn from_shell(
+        shell: VmShell,
         mut config: VmConfig,
         drives: Vec<BlockDrive>,
         net: Option<NetworkDevice>,
     ) -> Result<Vmm, VmmError> {
-        let kvm = open_kvm()?;
+        if (shell.vcpus, shell.mem_mib) != (config.vcpus, config.mem_mib) {
+            return Err(VmmError::Config(format!(
+                "the VM was made for {} vCPUs and {} MiB, the configuration asks for {} and {}",
+                shell.vcpus, shell.mem_mib, config.vcpus, config.mem_mib
+            )));
+        }
+        let VmShell {
+            kvm,
+            vm,
+            supported,
+            mem,
+            mem_bytes,
+            ..
+        } = shell;
         let kerr = |step: &'static str| move |source| VmmError::Kvm { step, source };
-        for (cap, name) in [
-            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
-            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
-            (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
-            (Cap::Irqfd, "KVM_CAP_IRQFD"),
-            (Cap::Pit2, "KVM_CAP_PIT2"),
-            (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
-            (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
-        ] {
-            if !kvm.check_extension(cap) {
-                return Err(VmmError::MissingCap(name));
-            }
-        }
-        let max_vcpus = (kvm.get_max_vcpus() as u32).min(mptable::MAX_CPUS);
-        if config.vcpus == 0 || config.vcpus > max_vcpus {
-            return Err(VmmError::Config(format!(
-                "--vcpus {} is out of range: this host allows 1 to {max_vcpus}",
-                config.vcpus
-            )));
-        }
-        if config.mem_mib < MIN_MEMORY_MIB {
-            return Err(VmmError::Config(format!(
-                "--memory {} MiB is too small: at least {MIN_MEMORY_MIB} MiB",
-                config.mem_mib
-            )));
-        }
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kerr("KVM_GET_SUPPORTED_CPUID"))?;
-        let supported = supported.as_slice().to_vec();
-        let phys_bits = cpuid::phys_addr_bits(&supported)
-            .unwrap_or(36)
-            .clamp(32, 52);
-        let mem_bytes = config
-            .mem_mib
-            .checked_mul(1 << 20)
-            .filter(|&b| ram_end(b) <= 1u64 << phys_bits)
-            .ok_or_else(|| {
-                VmmError::Config(format!(
-                    "--memory {} MiB is beyond what the guest can address ({phys_bits}-bit physical addresses)",
-                    config.mem_mib
-                ))
-            })?;
-
-        let vm = kvm.create_vm().map_err(kerr("KVM_CREATE_VM"))?;
-        vm.set_tss_address(KVM_TSS_ADDRESS as usize)
-            .map_err(kerr("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip().map_err(kerr("KVM_CREATE_IRQCHIP"))?;
-        vm.create_pit2(kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        })
-        .map_err(kerr("KVM_CREATE_PIT2"))?;
-
-        let mem = create_guest_memory(mem_bytes)?;
-        for (slot, region) in mem.iter().enumerate() {
-            let r = kvm_bindings::kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: region.as_ptr() as u64,
-                flags: 0,
-            };
-            // SAFETY: the region is a live mapping owned by `mem`, which the Vmm keeps for
-            // as long as the VM exists; its address and length come from the mapping itself.
-            unsafe { vm.set_user_memory_region(r) }.map_err(kerr("KVM_SET_USER_MEMORY_REGION"))?;
-        }
-
         // Block devices; the board says how the kernel learns of every device.
         let board = Board::with_network(drives.len(), net.is_some(), config.discovery)?;
         let net_slot = drives.len();

@@ -69,6 +69,23 @@ impl CowOverlay {
         Self::open_as(base, overlay_path, base_identity, true)
     }
 
+    /// Create the overlay file of a new volume over a base of `base_size` bytes known as
+    /// `base_identity`, without the base at hand (nothing is read from it): [`CowOverlay::open`]
+    /// checks both against the real base later. An overlay already there is kept.
+    pub fn create_new(
+        overlay_path: &Path,
+        base_size: u64,
+        base_identity: &str,
+    ) -> Result<(), VolumeError> {
+        if base_identity.len() > MAX_IDENTITY_LEN {
+            return Err(VolumeError::BadOverlay {
+                path: overlay_path.display().to_string(),
+                why: format!("base identity longer than {MAX_IDENTITY_LEN} bytes"),
+            });
+        }
+        create(overlay_path, &Header::for_base(base_size, base_identity))
+    }
+
     /// Open the overlay read-only (creating it if it does not exist), without a lock: readers
     /// may look at an overlay a running VM writes (`create-image --no-reboot` images what it has
     /// flushed). The guest gets a read-only drive.

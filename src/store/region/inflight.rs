@@ -15,16 +15,24 @@ use std::time::{Duration, Instant};
 /// What a fetch produced: the object's verified bytes, or why it failed.
 pub type Fetched = Result<Arc<Vec<u8>>, Arc<StoreError>>;
 
-/// Where one fetch's result appears.
-#[derive(Default)]
-pub struct Slot {
-    result: Mutex<Option<Fetched>>,
+/// Where one fetch's result appears (by default an object's bytes).
+pub struct Slot<T = Fetched> {
+    result: Mutex<Option<T>>,
     ready: Condvar,
 }
 
-impl Slot {
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            result: Mutex::new(None),
+            ready: Condvar::new(),
+        }
+    }
+}
+
+impl<T: Clone> Slot<T> {
     /// Publish the result and wake every waiter. Only the first result counts.
-    pub fn fill(&self, result: Fetched) {
+    pub fn fill(&self, result: T) {
         let mut r = crate::sync::relock(&self.result);
         if r.is_none() {
             *r = Some(result);
@@ -33,7 +41,7 @@ impl Slot {
     }
 
     /// The result, waiting at most `timeout` for it; `None` when it did not come in time.
-    pub fn wait(&self, timeout: Duration) -> Option<Fetched> {
+    pub fn wait(&self, timeout: Duration) -> Option<T> {
         let deadline = Instant::now() + timeout;
         let mut r = crate::sync::relock(&self.result);
         loop {
@@ -50,11 +58,11 @@ impl Slot {
 }
 
 /// The fetches under way, by object.
-pub struct InFlight<K> {
-    map: Mutex<HashMap<K, Arc<Slot>>>,
+pub struct InFlight<K, T = Fetched> {
+    map: Mutex<HashMap<K, Arc<Slot<T>>>>,
 }
 
-impl<K> Default for InFlight<K> {
+impl<K, T> Default for InFlight<K, T> {
     fn default() -> Self {
         InFlight {
             map: Mutex::new(HashMap::new()),
@@ -62,10 +70,10 @@ impl<K> Default for InFlight<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone> InFlight<K> {
+impl<K: Hash + Eq + Clone, T> InFlight<K, T> {
     /// The slot of `key`'s fetch, and `true` when there was none: the caller now owns the
     /// fetch, must [`Slot::fill`] the slot and then call [`InFlight::finish`].
-    pub fn claim(&self, key: &K) -> (Arc<Slot>, bool) {
+    pub fn claim(&self, key: &K) -> (Arc<Slot<T>>, bool) {
         let mut map = crate::sync::relock(&self.map);
         if let Some(slot) = map.get(key) {
             return (slot.clone(), false);
@@ -76,7 +84,7 @@ impl<K: Hash + Eq + Clone> InFlight<K> {
     }
 
     /// The slot of `key`'s fetch when one is under way.
-    pub fn get(&self, key: &K) -> Option<Arc<Slot>> {
+    pub fn get(&self, key: &K) -> Option<Arc<Slot<T>>> {
         crate::sync::relock(&self.map).get(key).cloned()
     }
 

@@ -6,11 +6,13 @@
 //! store (so a second boot reads it locally). After fetching a chunk, the next
 //! [`READ_AHEAD`] chunks of the same volume are fetched in the background.
 //!
-//! Latency before the guest's first console line: the image's kernel and initrd are
-//! downloaded while its snapshot manifests are read (no HEAD first), and once the kernel is
-//! in, the first [`BOOT_PREFETCH`] chunks of each volume while the VM is set up. A reader of
-//! an object that is on its way waits for that fetch ([`super::inflight::InFlight`]), and a
-//! chunk's bytes reach the guest before they are written to the local store.
+//! Latency before the guest's first console line: a launch says what it will read first
+//! ([`ObjectStore::prefetch`]: its snapshot manifests, kernel and initrd) as soon as it has
+//! the image manifest, and all of it is fetched at once while the launch makes the instance
+//! and the VM (no HEAD first); once the kernel is in and a volume's manifest read, its first
+//! [`BOOT_PREFETCH`] chunks. A reader of a manifest or an object that is on its way waits for
+//! that fetch ([`super::inflight::InFlight`]), and a chunk's bytes reach the guest before they
+//! are written to the local store.
 //!
 //! The VMM's threads run under a seccomp filter without network system calls, and a device
 //! thread must never block for long: a chunk read on such a thread is handed to the region
@@ -19,13 +21,12 @@
 //! logged event, never a hang.
 
 use super::fetcher::Fetcher;
-use super::inflight::Slot;
+use super::inflight::{InFlight, Slot};
 use super::s3::S3Dir;
 use crate::store::backend::{Collection, DocOp, LocalDir, ObjectNs, ObjectReader, ObjectStore};
 use crate::store::error::{Result, StoreError};
-use crate::store::ids::ContentHash;
+use crate::store::ids::{ContentHash, SnapshotId};
 use crate::store::layout::Layout;
-use crate::store::manifest::Image;
 use crate::store::snapshot::Snapshot;
 use crate::sync::relock;
 use std::collections::{HashMap, HashSet};
@@ -50,6 +51,10 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(8);
 /// A job for the [`Worker`].
 type Job = Box<dyn FnOnce() + Send>;
 
+/// A manifest fetched ahead of its reader: `None` when that fetch failed (the reader then asks
+/// the region itself, and gets the error it would have got without the prefetch).
+type DocFetch = Option<Arc<Option<Vec<u8>>>>;
+
 /// A thread started with the region, before the VM process sandboxes itself (seccomp filters
 /// and Landlock apply to the threads that install them and the threads those start): the
 /// region's requests that a sandboxed thread needs (manifests, existence checks) run here.
@@ -69,6 +74,13 @@ impl Worker {
             })
             .map_err(|e| StoreError::io("start the region thread", std::path::Path::new("-"), e))?;
         Ok(Worker { tx: Mutex::new(tx) })
+    }
+
+    /// Run `job` on the worker without waiting for it.
+    fn submit(&self, job: Job) {
+        if let Ok(tx) = self.tx.lock() {
+            let _ = tx.send(job);
+        }
     }
 
     /// Run `f` on the worker and wait for its result at most [`FETCH_TIMEOUT`].
@@ -109,8 +121,8 @@ pub struct LazyRegion {
     /// reads an image's snapshot manifests several times (checks, volumes, the record's
     /// references), each a round trip otherwise.
     docs: Mutex<HashMap<String, Option<Vec<u8>>>>,
-    /// The kernel and initrd of each image read from the region, by its snapshots' ids.
-    blobs_of_snapshot: Mutex<HashMap<String, Vec<ContentHash>>>,
+    /// Manifests on their way ahead of their readers ([`ObjectStore::prefetch`]).
+    docs_in_flight: InFlight<String, DocFetch>,
     /// Objects the region was seen to hold (content-addressed: they never change).
     present: Mutex<HashSet<(ObjectNs, ContentHash)>>,
 }
@@ -137,7 +149,7 @@ impl LazyRegion {
             early_blobs: Mutex::new(Vec::new()),
             docs: Mutex::new(HashMap::new()),
             present: Mutex::new(HashSet::new()),
-            blobs_of_snapshot: Mutex::new(HashMap::new()),
+            docs_in_flight: InFlight::default(),
         })
     }
 
@@ -177,25 +189,62 @@ impl LazyRegion {
         self.fetcher.start_after(kernels, first);
     }
 
-    /// Remember an image's kernel and initrd until one of its snapshots is read: a name lookup
-    /// reads many image manifests, a launch reads its own image's snapshots.
-    fn learn_image(&self, image: &Image) {
-        let mut owners = relock(&self.blobs_of_snapshot);
-        for id in image.snapshot_ids() {
-            owners.insert(id.to_string(), image.blobs());
+    /// Start fetching the blobs (kernel, initrd) that are neither local nor cached; the first
+    /// chunks of the volumes wait for them ([`LazyRegion::learn`]).
+    fn prefetch_blobs(&self, blobs: &[ContentHash]) {
+        for h in blobs {
+            if !self.remote.cached_path(ObjectNs::Blob, h).is_file()
+                && !self.local.object_exists(ObjectNs::Blob, h).unwrap_or(true)
+            {
+                let slot = self.fetcher.start(ObjectNs::Blob, h);
+                relock(&self.early_blobs).push(slot);
+            }
         }
     }
 
-    /// Start fetching the kernel and initrd of the image that `snapshot_id` belongs to (while
-    /// its manifest is read).
-    fn prefetch_blobs_of(&self, snapshot_id: &str) {
-        let blobs = relock(&self.blobs_of_snapshot).remove(snapshot_id);
-        for h in blobs.unwrap_or_default() {
-            if !self.remote.cached_path(ObjectNs::Blob, &h).is_file()
-                && !self.local.object_exists(ObjectNs::Blob, &h).unwrap_or(true)
-            {
-                let slot = self.fetcher.start(ObjectNs::Blob, &h);
-                relock(&self.early_blobs).push(slot);
+    /// Start fetching a snapshot manifest on the worker, unless it is local, read already or
+    /// on its way.
+    fn prefetch_snapshot(&self, id: &SnapshotId) {
+        let memo = memo_key(&Collection::Snapshots, id.as_str());
+        if relock(&self.docs).contains_key(&memo)
+            || self
+                .local
+                .get_doc(&Collection::Snapshots, id.as_str())
+                .map_or(true, |d| d.is_some())
+        {
+            return;
+        }
+        let (slot, mine) = self.docs_in_flight.claim(&memo);
+        if !mine {
+            return;
+        }
+        let (remote, i) = (self.remote.clone(), id.to_string());
+        log::debug!("region: GET Snapshots {i} (ahead of its reader)");
+        self.worker.submit(Box::new(move || {
+            let got = remote
+                .get_doc(&Collection::Snapshots, &i)
+                .ok()
+                .map(Arc::new);
+            slot.fill(got);
+        }));
+    }
+
+    /// A manifest fetched ahead of this reader, once it is in; `None` when none was, or that
+    /// fetch failed or is late.
+    fn prefetched_doc(&self, memo: &String) -> Option<Option<Vec<u8>>> {
+        let slot = self.docs_in_flight.get(memo)?;
+        let got = slot.wait(FETCH_TIMEOUT).flatten();
+        self.docs_in_flight.finish(memo);
+        got.map(|d| d.as_ref().clone())
+    }
+
+    /// Keep a manifest read from the region for the rest of this process, and learn a
+    /// snapshot's chunk order.
+    fn remember(&self, collection: &Collection, memo: String, doc: &Option<Vec<u8>>) {
+        relock(&self.docs).insert(memo, doc.clone());
+        if let (Collection::Snapshots, Some(bytes)) = (collection, doc) {
+            if let Ok(s) = serde_json::from_slice::<Snapshot>(bytes) {
+                self.learn(&s);
             }
         }
     }
@@ -233,6 +282,11 @@ impl LazyRegion {
         self.fetcher.wait(&slot, ObjectNs::Blob, hash).ok()?;
         Some(self.remote.cached_path(ObjectNs::Blob, hash))
     }
+}
+
+/// The key of a manifest in [`LazyRegion`]'s memo.
+fn memo_key(collection: &Collection, id: &str) -> String {
+    format!("{collection:?}/{id}")
 }
 
 /// Manifests come from the region when the local store lacks them.
@@ -309,35 +363,31 @@ impl ObjectStore for LazyRegion {
         match self.local.get_doc(collection, id)? {
             Some(d) => Ok(Some(d)),
             None if remote_docs(collection) => {
-                let memo = format!("{collection:?}/{id}");
+                let memo = memo_key(collection, id);
                 if let Some(doc) = relock(&self.docs).get(&memo) {
                     return Ok(doc.clone());
                 }
-                if *collection == Collection::Snapshots {
-                    self.prefetch_blobs_of(id);
-                }
-                let (remote, c, i) = (self.remote.clone(), collection.clone(), id.to_string());
-                log::debug!("region: GET {c:?} {i}");
-                let doc = self
-                    .worker
-                    .run("region: GET", move || remote.get_doc(&c, &i))?;
-                relock(&self.docs).insert(memo, doc.clone());
-                match (collection, &doc) {
-                    (Collection::Snapshots, Some(bytes)) => {
-                        if let Ok(s) = serde_json::from_slice::<Snapshot>(bytes) {
-                            self.learn(&s);
-                        }
+                let doc = match self.prefetched_doc(&memo) {
+                    Some(doc) => doc,
+                    None => {
+                        let (remote, c, i) =
+                            (self.remote.clone(), collection.clone(), id.to_string());
+                        log::debug!("region: GET {c:?} {i}");
+                        self.worker
+                            .run("region: GET", move || remote.get_doc(&c, &i))?
                     }
-                    (Collection::Images, Some(bytes)) => {
-                        if let Ok(i) = serde_json::from_slice::<Image>(bytes) {
-                            self.learn_image(&i);
-                        }
-                    }
-                    _ => {}
-                }
+                };
+                self.remember(collection, memo, &doc);
                 Ok(doc)
             }
             None => Ok(None),
+        }
+    }
+
+    fn prefetch(&self, snapshots: &[SnapshotId], blobs: &[ContentHash]) {
+        self.prefetch_blobs(blobs);
+        for id in snapshots {
+            self.prefetch_snapshot(id);
         }
     }
 
