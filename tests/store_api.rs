@@ -42,27 +42,37 @@ impl BlockBackend for MemVolume {
     }
 }
 
-fn setup() -> (Env, Store, AccountId, amivm::store::Image, Vec<u8>) {
-    let env = Env::new();
-    let disk = env.path("disk.raw");
-    make_disk(&disk, 10 * CHUNK + 8192, &[(0, 1), (2, 2), (5, 3), (10, 4)]);
-    let store = Store::open(&env.store).unwrap();
-    let owner = AccountId::parse(OWNER).unwrap();
-    let req = CreateImageRequest {
+/// `image create --name NAME --root DISK` with the test kernel, for `owner`.
+fn create_request(
+    env: &Env,
+    owner: &AccountId,
+    name: &str,
+    disk: &std::path::Path,
+) -> CreateImageRequest {
+    CreateImageRequest {
         owner: owner.clone(),
-        name: "base".into(),
+        name: name.into(),
         description: String::new(),
         kernel: env.kernel(),
         initrd: None,
         cmdline: None,
-        root: disk.clone(),
+        root: disk.to_path_buf(),
         root_size: None,
         volumes: vec![],
         tags: BTreeMap::new(),
         device_discovery: Default::default(),
         product_codes: Vec::new(),
         default_user: None,
-    };
+    }
+}
+
+fn setup() -> (Env, Store, AccountId, amivm::store::Image, Vec<u8>) {
+    let env = Env::new();
+    let disk = env.path("disk.raw");
+    make_disk(&disk, 10 * CHUNK + 8192, &[(0, 1), (2, 2), (5, 3), (10, 4)]);
+    let store = Store::open(&env.store).unwrap();
+    let owner = AccountId::parse(OWNER).unwrap();
+    let req = create_request(&env, &owner, "base", &disk);
     let image = store.create_image(&req, &NoProgress).unwrap();
     let bytes = std::fs::read(&disk).unwrap();
     (env, store, owner, image, bytes)
@@ -345,21 +355,7 @@ fn a_mapping_smaller_than_its_snapshot_is_refused() {
     make_disk(&disk, size, &[((1 << 30) / CHUNK, 9)]);
     let store = Store::open(&env.store).unwrap();
     let owner = AccountId::parse(OWNER).unwrap();
-    let req = CreateImageRequest {
-        owner: owner.clone(),
-        name: "big".into(),
-        description: String::new(),
-        kernel: env.kernel(),
-        initrd: None,
-        cmdline: None,
-        root: disk,
-        root_size: None,
-        volumes: vec![],
-        tags: BTreeMap::new(),
-        device_discovery: Default::default(),
-        product_codes: Vec::new(),
-        default_user: None,
-    };
+    let req = create_request(&env, &owner, "big", &disk);
     let image = store.create_image(&req, &NoProgress).unwrap();
     let mut root = image.root_mapping().unwrap().clone();
     assert_eq!(root.ebs.volume_size, 2);

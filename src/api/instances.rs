@@ -184,6 +184,8 @@ pub fn run_instances(ctx: &Ctx, x: &mut Xml) -> Result<(), ApiError> {
         serial_log: None,
         key_name: p.get("KeyName").map(str::to_string),
         region: None,
+        // Each instance boots in its own detached process.
+        boots_here: false,
     };
     // Create every instance (pending, run locks held) before starting any, so a failure
     // leaves nothing behind.

@@ -60,6 +60,10 @@ pub struct LaunchRequest {
     pub key_name: Option<String>,
     /// `--region`: the region whose chunks the volumes fetch on first read (kept for `start`).
     pub region: Option<String>,
+    /// This process boots the instance next ([`boot`]): what the boot reads first is fetched
+    /// while the instance is made. `false` when another process boots it (`--detach`), which
+    /// fetches for itself.
+    pub boots_here: bool,
 }
 
 /// How to run the VM.
@@ -95,7 +99,9 @@ pub fn create(
     let image = store.resolve_image(caller, &req.image)?;
     store.check_launch_permission(caller, &image)?;
     // What the boot reads first, fetched while the instance is made (a region's image).
-    store.prefetch_launch(&image);
+    if req.boots_here {
+        store.prefetch_launch(&image);
+    }
     if let Some(name) = &req.name {
         record::validate_name(name)?;
     }

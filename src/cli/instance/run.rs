@@ -62,6 +62,7 @@ pub fn run(args: RunArgs, g: &GlobalOpts) -> anyhow::Result<i32> {
         serial_log: args.serial_log.clone(),
         key_name: args.key_name.clone(),
         region: args.region.clone(),
+        boots_here: !args.detach,
     };
     let (inst, lock) = launch::create(&store, &caller, &req)?;
     if args.detach {
