@@ -88,6 +88,7 @@ pub mod snapshot;
 pub mod snapshots;
 pub mod source;
 pub mod ssh_keys;
+pub mod syncer;
 pub mod txn;
 pub mod verify;
 pub mod view;

@@ -15,6 +15,7 @@ use super::fsio::{self, FileLock, LockMode};
 use super::ids::{ContentHash, ImageId, SnapshotId};
 use super::manifest::{BlobRef, Image};
 use super::snapshot::Snapshot;
+use super::syncer::Syncer;
 use super::Store;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -35,6 +36,8 @@ pub struct Txn<'s> {
     docs: Vec<DocOp>,
     new_chunks: u64,
     new_bytes: u64,
+    /// Staged chunks are fsynced in the background while the next ones are made.
+    syncer: Syncer,
 }
 
 impl<'s> Txn<'s> {
@@ -51,6 +54,7 @@ impl<'s> Txn<'s> {
             docs: Vec::new(),
             new_chunks: 0,
             new_bytes: 0,
+            syncer: Syncer::default(),
         })
     }
 
@@ -94,8 +98,10 @@ impl<'s> Txn<'s> {
             fsio::create_private(&p).map_err(|e| fsio::not_writable_or_io("create", &p, e))?;
         f.write_all(data)
             .map_err(|e| fsio::not_writable_or_io("write", &p, e))?;
-        // Start writing it back now, so the fsync at commit finds little left to do.
+        // Start writing it back now, and have it fsynced while the next chunks are made, so
+        // the fsync at commit finds little left to do.
         fsio::start_writeback(&f);
+        self.syncer.sync(f, p.clone());
         self.objects.push((ObjectNs::Chunk, *hash, p));
         self.staged.insert((ObjectNs::Chunk, *hash));
         self.new_chunks += 1;
@@ -197,7 +203,8 @@ impl<'s> Txn<'s> {
     /// Make everything visible. `check` runs under the store lock, after any interrupted
     /// commit was finished and before anything is changed: it re-validates what the
     /// transaction assumed (names still free, snapshots still there).
-    pub fn commit(self, check: impl FnOnce(&Store) -> Result<()>) -> Result<()> {
+    pub fn commit(mut self, check: impl FnOnce(&Store) -> Result<()>) -> Result<()> {
+        std::mem::take(&mut self.syncer).finish()?;
         let _lock = self.store.lock()?;
         check(self.store)?;
         let backend = self.store.backend();
