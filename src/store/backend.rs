@@ -104,6 +104,11 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
 
     /// One document, or `None`.
     fn get_doc(&self, collection: &Collection, id: &str) -> Result<Option<Vec<u8>>>;
+    /// Several documents, in the order of `ids`: what [`ObjectStore::get_doc`] gives for
+    /// each. A remote backend reads them concurrently.
+    fn get_docs(&self, collection: &Collection, ids: &[String]) -> Vec<Result<Option<Vec<u8>>>> {
+        ids.iter().map(|id| self.get_doc(collection, id)).collect()
+    }
     /// The ids of a collection's documents.
     fn list_docs(&self, collection: &Collection) -> Result<Vec<String>>;
     /// Apply a batch of document changes all-or-nothing. Callers hold the store lock.

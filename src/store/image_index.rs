@@ -36,15 +36,15 @@ impl ImageSet {
     /// Read every image manifest from `backend` (no permission check).
     pub fn load(backend: &dyn ObjectStore) -> Result<ImageSet> {
         let mut by_id = Vec::new();
-        for id in backend.list_docs(&Collection::Images)? {
-            let parsed = backend
-                .get_doc(&Collection::Images, &id)
-                .and_then(|b| match b {
-                    None => Ok(None),
-                    Some(bytes) => serde_json::from_slice::<Image>(&bytes)
-                        .map(Some)
-                        .map_err(|e| StoreError::corrupt(format!("images {id}"), e.to_string())),
-                });
+        let ids = backend.list_docs(&Collection::Images)?;
+        let docs = backend.get_docs(&Collection::Images, &ids);
+        for (id, doc) in ids.iter().zip(docs) {
+            let parsed = doc.and_then(|b| match b {
+                None => Ok(None),
+                Some(bytes) => serde_json::from_slice::<Image>(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::corrupt(format!("images {id}"), e.to_string())),
+            });
             match parsed {
                 Ok(Some(img)) => by_id.push(img),
                 // Deleted between the listing and the read.

@@ -283,6 +283,54 @@ impl Store {
         }
     }
 
+    /// Several documents of a collection, parsed, in the order of `ids`; read together
+    /// (concurrently from a region, see [`ObjectStore::get_docs`]).
+    fn read_docs<T: serde::de::DeserializeOwned>(
+        &self,
+        c: &Collection,
+        ids: &[String],
+    ) -> Vec<Result<Option<T>>> {
+        let docs = self.backend.get_docs(c, ids);
+        ids.iter()
+            .zip(docs)
+            .map(|(id, doc)| {
+                doc?.map(|bytes| {
+                    serde_json::from_slice(&bytes).map_err(|e| {
+                        StoreError::corrupt(format!("{} {id}", c.dir()), e.to_string())
+                    })
+                })
+                .transpose()
+            })
+            .collect()
+    }
+
+    /// Image manifests by id, read together, in the order of `ids`: each as
+    /// [`Store::image`] gives it.
+    pub fn images_by_id(&self, ids: &[String]) -> Vec<Result<Image>> {
+        self.read_docs(&Collection::Images, ids)
+            .into_iter()
+            .zip(ids)
+            .map(|(doc, id)| {
+                doc?.ok_or_else(|| StoreError::NotFound(format!("image {id} not found")))
+            })
+            .collect()
+    }
+
+    /// Snapshot manifests by id, read together, in the order of `ids`: each as
+    /// [`Store::snapshot`] gives it.
+    pub fn snapshots_by_id(&self, ids: &[String]) -> Vec<Result<Snapshot>> {
+        self.read_docs::<Snapshot>(&Collection::Snapshots, ids)
+            .into_iter()
+            .zip(ids)
+            .map(|(doc, id)| {
+                let s =
+                    doc?.ok_or_else(|| StoreError::NotFound(format!("snapshot {id} not found")))?;
+                s.validate()?;
+                Ok(s)
+            })
+            .collect()
+    }
+
     /// An image manifest by id, whoever owns it (no permission check).
     pub fn image(&self, id: &ImageId) -> Result<Image> {
         self.read_doc(&Collection::Images, id.as_str())?
@@ -317,8 +365,20 @@ impl Store {
     /// Every snapshot manifest in the store (no permission check).
     pub fn all_snapshots(&self) -> Result<Vec<Snapshot>> {
         let mut v = Vec::new();
-        for id in self.backend.list_docs(&Collection::Snapshots)? {
-            match SnapshotId::parse(&id).and_then(|id| self.snapshot(&id)) {
+        let ids: Vec<String> = self
+            .backend
+            .list_docs(&Collection::Snapshots)?
+            .into_iter()
+            .filter(|id| match SnapshotId::parse(id) {
+                Ok(_) => true,
+                Err(e) => {
+                    log::warn!("skipping snapshot {id}: {e}");
+                    false
+                }
+            })
+            .collect();
+        for (id, s) in ids.iter().zip(self.snapshots_by_id(&ids)) {
+            match s {
                 Ok(s) => v.push(s),
                 Err(e) => log::warn!("skipping snapshot {id}: {e}"),
             }

@@ -120,27 +120,34 @@ pub fn plan(
 pub fn gc_region(region: &Region, dry_run: bool) -> Result<RegionGcReport> {
     let held = RegionLock::acquire(&region.s3, LockKind::Gc)?;
     let s3 = &region.s3;
-    let mut images = Vec::new();
-    for id in s3.list_docs(&Collection::Images)? {
-        images.push(region.store.image(&ImageId::parse(&id)?)?);
+    let image_ids = s3.list_docs(&Collection::Images)?;
+    for id in &image_ids {
+        ImageId::parse(id)?;
     }
+    let images = region
+        .store
+        .images_by_id(&image_ids)
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
     let pins = pins::list(s3)?;
-    let mut snapshots = HashMap::new();
-    let named = images
+    let mut named: Vec<String> = images
         .iter()
         .flat_map(|i| i.snapshot_ids())
-        .chain(pins.iter().flat_map(|p| p.snapshots.iter()));
-    for sid in named {
-        if !snapshots.contains_key(sid) {
+        .chain(pins.iter().flat_map(|p| p.snapshots.iter()))
+        .map(|s| s.to_string())
+        .collect();
+    named.sort();
+    named.dedup();
+    let mut snapshots = HashMap::new();
+    for (sid, s) in named.iter().zip(region.store.snapshots_by_id(&named)) {
+        match s {
+            Ok(s) => {
+                snapshots.insert(SnapshotId::parse(sid)?, s);
+            }
             // A missing one is reported by `plan` with the image naming it; any other failure
             // (the server, a damaged manifest) stops gc with its own message.
-            match region.store.snapshot(sid) {
-                Ok(s) => {
-                    snapshots.insert(sid.clone(), s);
-                }
-                Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
         }
     }
     let listed = s3.list_docs(&Collection::Snapshots)?;

@@ -384,6 +384,46 @@ impl ObjectStore for LazyRegion {
         }
     }
 
+    fn get_docs(&self, collection: &Collection, ids: &[String]) -> Vec<Result<Option<Vec<u8>>>> {
+        if !remote_docs(collection) {
+            return self.local.get_docs(collection, ids);
+        }
+        // Local or read before: answered here; the rest from the region, concurrently. On the
+        // calling thread, not the worker (whose wait is bounded by one fetch's): listing a
+        // catalogue happens before a VM exists, never on its sandboxed threads.
+        let mut known: Vec<Option<Result<Option<Vec<u8>>>>> = ids
+            .iter()
+            .map(|id| match self.local.get_doc(collection, id) {
+                Ok(None) => relock(&self.docs)
+                    .get(&memo_key(collection, id))
+                    .cloned()
+                    .map(Ok),
+                other => Some(other),
+            })
+            .collect();
+        let missing: Vec<String> = ids
+            .iter()
+            .zip(&known)
+            .filter(|(_, k)| k.is_none())
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !missing.is_empty() {
+            log::debug!("region: GET {collection:?} x{}", missing.len());
+            let mut fetched = missing
+                .iter()
+                .zip(self.remote.get_docs(collection, &missing));
+            for k in known.iter_mut().filter(|k| k.is_none()) {
+                if let Some((id, doc)) = fetched.next() {
+                    if let Ok(d) = &doc {
+                        self.remember(collection, memo_key(collection, id), d);
+                    }
+                    *k = Some(doc);
+                }
+            }
+        }
+        known.into_iter().map(|k| k.unwrap_or(Ok(None))).collect()
+    }
+
     fn prefetch(&self, snapshots: &[SnapshotId], blobs: &[ContentHash]) {
         self.prefetch_blobs(blobs);
         for id in snapshots {

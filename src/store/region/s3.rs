@@ -23,7 +23,7 @@ use crate::store::error::{Result, StoreError};
 use crate::store::fsio;
 use crate::store::ids::ContentHash;
 use crate::store::snapshot::CHUNK_SIZE;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
 use object_store::{
@@ -191,6 +191,37 @@ impl S3Dir {
     /// The key of a document (manifest) `id` of collection `c`.
     pub fn doc_key(&self, c: &Collection, id: &str) -> Key {
         self.key(&format!("{}/{id}.json", c.dir()))
+    }
+
+    /// Read the document at `key`, remembering its ETag for a conditional update; `None` when
+    /// there is none.
+    async fn fetch_doc(&self, key: Key) -> Result<Option<Vec<u8>>> {
+        let res = async {
+            let g = self.s3.get(&key).await?;
+            if g.meta.size > MAX_DOC_BYTES {
+                return Ok(Err(g.meta.size));
+            }
+            let etag = g.meta.e_tag.clone();
+            let bytes = g.bytes().await?;
+            Ok(Ok((etag, bytes)))
+        }
+        .await;
+        match res {
+            Ok(Ok((etag, bytes))) => {
+                if let Some(t) = etag {
+                    if let Ok(mut m) = self.etags.lock() {
+                        m.insert(key.to_string(), t);
+                    }
+                }
+                Ok(Some(bytes.to_vec()))
+            }
+            Ok(Err(size)) => Err(StoreError::corrupt(
+                format!("{key} in region {}", self.spec.name),
+                format!("it is {size} bytes, more than {MAX_DOC_BYTES}"),
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err("GET", &key, e)),
+        }
     }
 
     /// The objects under `rel` (a folder under the region's prefix: `locks`, `pins`).
@@ -416,32 +447,20 @@ impl ObjectStore for S3Dir {
     }
 
     fn get_doc(&self, collection: &Collection, id: &str) -> Result<Option<Vec<u8>>> {
-        let key = self.doc_key(collection, id);
-        let res = self.block_on(async {
-            let g = self.s3.get(&key).await?;
-            if g.meta.size > MAX_DOC_BYTES {
-                return Ok(Err(g.meta.size));
-            }
-            let etag = g.meta.e_tag.clone();
-            let bytes = g.bytes().await?;
-            Ok(Ok((etag, bytes)))
-        });
-        match res {
-            Ok(Ok((etag, bytes))) => {
-                if let Some(t) = etag {
-                    if let Ok(mut m) = self.etags.lock() {
-                        m.insert(key.to_string(), t);
-                    }
-                }
-                Ok(Some(bytes.to_vec()))
-            }
-            Ok(Err(size)) => Err(StoreError::corrupt(
-                format!("{key} in region {}", self.spec.name),
-                format!("it is {size} bytes, more than {MAX_DOC_BYTES}"),
-            )),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.err("GET", &key, e)),
-        }
+        self.block_on(self.fetch_doc(self.doc_key(collection, id)))
+    }
+
+    fn get_docs(&self, collection: &Collection, ids: &[String]) -> Vec<Result<Option<Vec<u8>>>> {
+        // In order, PARALLEL_REQUESTS at a time: a catalogue of N images is read in about
+        // N / PARALLEL_REQUESTS round trips instead of N.
+        let reads = ids
+            .iter()
+            .map(|id| self.fetch_doc(self.doc_key(collection, id)));
+        self.block_on(
+            futures::stream::iter(reads)
+                .buffered(super::transfer::PARALLEL_REQUESTS)
+                .collect(),
+        )
     }
 
     fn list_docs(&self, collection: &Collection) -> Result<Vec<String>> {
