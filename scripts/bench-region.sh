@@ -18,7 +18,8 @@
 # Environment: AMIVM_BIN (default: cargo build --release), SIZE_MIB (64), LAZY_GIB (8),
 # LAZY_RUNS (15: a boot takes a tenth of a second and its time varies run to run by +-30 % here),
 # LAZY_DELAY_MS (15: the lazy boot is measured again with each request held that long, as a
-# remote endpoint would; 0 skips it),
+# remote endpoint would; 0 skips it), CATALOGUE (200 image manifests listed with `image ls
+# --region` against `aws s3 cp --recursive` of them; 0 skips it),
 # AMIVM_VENV (default: scripts/python-env.sh).
 set -euo pipefail
 # shellcheck source=lib/common.sh
@@ -29,6 +30,7 @@ SIZE_MIB=${SIZE_MIB:-64}
 LAZY_GIB=${LAZY_GIB:-8}
 LAZY_RUNS=${LAZY_RUNS:-15}
 LAZY_DELAY_MS=${LAZY_DELAY_MS:-15}
+CATALOGUE=${CATALOGUE:-200}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 if [[ -z "${AMIVM_BIN:-}" ]]; then
     (cd "$REPO" && cargo build --release --quiet --bin amivm)
@@ -162,4 +164,43 @@ if (( LAZY_DELAY_MS > 0 )); then
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$DPORT") 2>/dev/null && break; sleep 0.1; done
     echo "== lazy boot again, each request to moto held ${LAZY_DELAY_MS} ms (scripts/lib/delay-proxy.py)"
     lazy_boots "http://127.0.0.1:$DPORT" "requests held ${LAZY_DELAY_MS} ms"
+fi
+
+# A catalogue: CATALOGUE copies of the big image's manifest (other ids and names) in their own
+# prefix. `image ls --region` reads every manifest; the baseline is `aws s3 cp --recursive` of
+# the same manifests (the AWS CLI, 10 requests at a time). Straight to moto, and through the
+# proxy when there is one.
+if (( CATALOGUE > 0 )); then
+    echo "== catalogue: $CATALOGUE image manifests, runs: $RUNS"
+    AWS_ENDPOINT=$URL "$VENV/bin/python" - "$CATALOGUE" "$BIG" <<'PY'
+import json, os, sys
+import boto3
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT"])
+n, big = int(sys.argv[1]), sys.argv[2]
+src = json.loads(s3.get_object(Bucket="bench", Key=f"lazy/images/{big}.json")["Body"].read())
+for i in range(n):
+    doc = dict(src, ImageId="ami-%017x" % (0x100 + i), Name="catalogue-%04d" % i)
+    s3.put_object(Bucket="bench", Key=f"cat/images/{doc['ImageId']}.json", Body=json.dumps(doc).encode())
+PY
+    catalogue() {
+        local endpoint=$1 what=$2 run t0 t1 H listed
+        local ls_t=() cp_t=()
+        for run in $(seq 1 "$RUNS"); do
+            H=$WORK/host-cat-$run
+            amivm --store "$H" region add cat "s3://bench/cat" --endpoint "$endpoint" --path-style >/dev/null
+            t0=$(now); listed=$(amivm --store "$H" --account "$OWNER" image ls --region cat | tail -n +2 | wc -l); t1=$(now)
+            ls_t+=("$(echo "$t1 - $t0" | bc)")
+            [[ $listed == "$CATALOGUE" ]] || { echo "image ls --region listed $listed of $CATALOGUE" >&2; exit 1; }
+            t0=$(now); "$VENV/bin/aws" --endpoint-url "$endpoint" s3 cp --recursive --quiet "s3://bench/cat/images/" "$H/aws/"; t1=$(now)
+            cp_t+=("$(echo "$t1 - $t0" | bc)")
+            rm -rf "$H"
+        done
+        local LS CP
+        LS=$(m "${ls_t[@]}"); CP=$(m "${cp_t[@]}")
+        echo "   $what: image ls --region: ${LS} s   aws s3 cp --recursive of the manifests: ${CP} s   ratio amivm/aws: $(ratio "$LS" "$CP")"
+    }
+    catalogue "$URL" "moto on this host"
+    if [[ -n $PROXY_PID ]]; then
+        catalogue "http://127.0.0.1:$DPORT" "requests held ${LAZY_DELAY_MS} ms"
+    fi
 fi
