@@ -118,17 +118,7 @@ fn an_instance_removed_at_its_end_leaves_no_pin() {
     let moto = region_common::Moto::start();
     let (_a, ami, _) = push_guest_image(&moto, 2);
     let b = Host::new(&moto);
-    b.run_ok(&[
-        "run",
-        &ami,
-        "--region",
-        REGION,
-        "--rm",
-        "--timeout",
-        "60",
-        "--append",
-        "blk=read:0:8",
-    ]);
+    b.run_from_region(&ami, &["--rm", "--append", "blk=read:0:8"]);
     assert_eq!(b.json(Some(OWNER), &["ps", "--all"]), serde_json::json!([]));
     let keys = moto.keys();
     assert!(under(&keys, "pins/").is_empty(), "{keys:?}");
@@ -210,4 +200,57 @@ fn a_stopped_instance_keeps_its_pin() {
     assert_eq!(under(&moto.keys(), "pins/").len(), 1, "stop keeps the pin");
     b.ok(Some(OWNER), &["terminate", "hangs"]);
     assert!(under(&moto.keys(), "pins/").is_empty());
+}
+
+/// A host that is gone for good leaves its instances' pins behind: `region unpin` removes them
+/// from another host (every one named must exist, else none goes), and the next gc removes
+/// what they kept. The host that has the instance is refused.
+#[test]
+fn the_pins_of_a_lost_host_are_removed_by_hand() {
+    let moto = region_common::Moto::start();
+    let (a, ami, _) = push_guest_image(&moto, 2);
+    let b = Host::new(&moto);
+    b.run_from_region(&ami, &["--append", "blk=read:0:8"]);
+    let id = b.json(Some(OWNER), &["ps", "--all"])[0]["InstanceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        under(&moto.keys(), "pins/"),
+        vec![format!("pins/{id}.json")]
+    );
+    let err = b.fails(None, &["region", "unpin", REGION, &id]);
+    assert!(err.contains("terminate it instead"), "{err}");
+    // Host b is lost. Its image goes, with its snapshot.
+    a.ok(
+        Some(OWNER),
+        &[
+            "image",
+            "rm",
+            &ami,
+            "--delete-snapshots",
+            "--region",
+            REGION,
+        ],
+    );
+    let err = a.fails(
+        None,
+        &["region", "unpin", REGION, &id, "i-0123456789abcdef0"],
+    );
+    assert!(
+        err.contains("i-0123456789abcdef0 has no pin in region"),
+        "{err}"
+    );
+    assert_eq!(under(&moto.keys(), "pins/").len(), 1, "nothing removed");
+    let r = a.json(None, &["region", "unpin", REGION, &id]);
+    assert_eq!(r["Unpinned"][0]["InstanceId"], id.as_str(), "{r}");
+    assert!(under(&moto.keys(), "pins/").is_empty());
+    let r = a.json(Some(OWNER), &["gc", "--region", REGION]);
+    assert_eq!(
+        (&r["Pins"], &r["ChunksRemoved"]),
+        (&0.into(), &2.into()),
+        "{r}"
+    );
+    let keys = moto.keys();
+    assert!(under(&keys, "snapshots/").is_empty(), "{keys:?}");
 }

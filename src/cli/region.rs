@@ -35,6 +35,17 @@ pub enum RegionCmd {
     Ls,
     /// Forget a region (the bucket and what it holds are left alone).
     Rm { name: String },
+    /// Remove the pins of instances whose host is gone for good, so that `gc --region` may
+    /// remove what they kept (`gc --region --dry-run` lists every pin with its host). An
+    /// instance that still exists somewhere loses that protection: this host's own instances
+    /// are refused (terminate them instead).
+    Unpin {
+        /// Region name.
+        name: String,
+        /// The instances whose pins go.
+        #[arg(required = true, value_name = "INSTANCE-ID")]
+        instances: Vec<String>,
+    },
 }
 
 pub fn run(cmd: RegionCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
@@ -82,6 +93,30 @@ pub fn run(cmd: RegionCmd, g: &GlobalOpts) -> anyhow::Result<i32> {
                     ]
                 }));
                 print_out(&table(&["NAME", "WHERE", "ENDPOINT", "STYLE"], &rows))?;
+            }
+        }
+        RegionCmd::Unpin { name, instances } => {
+            for id in &instances {
+                if let Some(i) = crate::instance::record::get(&store, id)? {
+                    if i.state != crate::instance::InstanceState::Terminated {
+                        anyhow::bail!(
+                            "instance {id} is on this host ({}): terminate it instead, which removes its pin",
+                            i.state
+                        );
+                    }
+                }
+            }
+            let r = store.open_region(&name)?;
+            let gone = pins::unpin_gone(&r.s3, &instances)?;
+            if json {
+                print_json(&json!({ "Region": name, "Unpinned": gone }))?;
+            } else {
+                for p in &gone {
+                    println!(
+                        "unpinned instance {} of {} (on {} since {})",
+                        p.instance_id, p.image_id, p.host, p.created
+                    );
+                }
             }
         }
         RegionCmd::Rm { name } => {

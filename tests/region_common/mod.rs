@@ -200,6 +200,13 @@ impl Host {
         serde_json::from_str(&self.ok(account, &all)).expect("JSON output")
     }
 
+    /// `run AMI --region REGION --timeout 60 EXTRA...` as OWNER, which must succeed.
+    pub fn run_from_region(&self, ami: &str, extra: &[&str]) -> crate::common::RunOutput {
+        let mut args = vec!["run", ami, "--region", REGION, "--timeout", "60"];
+        args.extend_from_slice(extra);
+        self.run_ok(&args)
+    }
+
     /// `amivm ARGS` as OWNER (a VM run, say) to its end, at most 3 minutes: it must exit 0.
     pub fn run_ok(&self, args: &[&str]) -> crate::common::RunOutput {
         let out =

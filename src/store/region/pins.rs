@@ -151,6 +151,29 @@ pub async fn unpin(s3: &S3Dir, instance_id: &str) -> Result<()> {
     s3.remove_rel(&rel(instance_id)?).await
 }
 
+/// Remove the pins of `instances`, whose host is gone for good (`amivm region unpin`); every one
+/// must exist, else nothing is removed. Returns the pins removed.
+pub fn unpin_gone(s3: &S3Dir, instances: &[String]) -> Result<Vec<Pin>> {
+    for id in instances {
+        check_name(id)?;
+    }
+    let all = list(s3)?;
+    let mut gone = Vec::new();
+    for id in instances {
+        let p = all.iter().find(|p| &p.instance_id == id).ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "instance {id} has no pin in region {}",
+                s3.spec().name
+            ))
+        })?;
+        gone.push(p.clone());
+    }
+    for p in &gone {
+        s3.block_on(unpin(s3, &p.instance_id))?;
+    }
+    Ok(gone)
+}
+
 /// What a [`PinTask`] is asked to do next.
 enum Cmd {
     /// Pin now (the run is over and the instance stays).
