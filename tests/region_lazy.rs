@@ -221,18 +221,7 @@ fn an_image_of_an_instance_launched_from_a_region_is_whole_locally() {
     let mut moto = Moto::start();
     let (_a, ami, disk) = push_guest_image(&moto, CHUNKS);
     let b = Host::new(&moto);
-    b.run_ok(&[
-        "run",
-        &ami,
-        "--region",
-        REGION,
-        "--name",
-        "src",
-        "--timeout",
-        "60",
-        "--append",
-        "blk=read:0:8",
-    ]);
+    b.run_from_region(&ami, &["--name", "src", "--append", "blk=read:0:8"]);
     assert!(local_chunks(&b) < CHUNKS as usize);
     let out = b.run(Some(OWNER), &["create-image", "src", "--name", "backup"]);
     let err = region_common::text(&out);

@@ -32,18 +32,7 @@ fn what_an_instance_reads_from_a_region_outlives_its_image_until_it_is_terminate
     // The guest reads the last chunk: no boot prefetch or read-ahead fetches it before.
     let sector = (CHUNKS - 1) * CHUNK / 512;
     let append = format!("blk=read:{sector}:8");
-    b.run_ok(&[
-        "run",
-        &ami,
-        "--region",
-        REGION,
-        "--name",
-        "pinned",
-        "--timeout",
-        "60",
-        "--append",
-        &append,
-    ]);
+    b.run_from_region(&ami, &["--name", "pinned", "--append", &append]);
     let ps = b.json(Some(OWNER), &["ps", "--all"]);
     let id = ps[0]["InstanceId"].as_str().unwrap().to_string();
     assert_eq!(ps[0]["State"]["Name"], "stopped", "{ps}");

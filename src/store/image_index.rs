@@ -19,7 +19,7 @@
 //! manifest, as listing did before (damaged manifests are skipped with a warning).
 
 use super::backend::{Collection, ObjectStore};
-use super::error::{Result, StoreError};
+use super::error::Result;
 use super::filter::{self, ImageFilter, OwnerFilter};
 use super::ids::{AccountId, ImageId};
 use super::manifest::Image;
@@ -39,11 +39,9 @@ impl ImageSet {
         let ids = backend.list_docs(&Collection::Images)?;
         let docs = backend.get_docs(&Collection::Images, &ids);
         for (id, doc) in ids.iter().zip(docs) {
-            let parsed = doc.and_then(|b| match b {
-                None => Ok(None),
-                Some(bytes) => serde_json::from_slice::<Image>(&bytes)
-                    .map(Some)
-                    .map_err(|e| StoreError::corrupt(format!("images {id}"), e.to_string())),
+            let parsed = doc.and_then(|b| {
+                b.map(|bytes| super::parse_doc::<Image>(&Collection::Images, id, &bytes))
+                    .transpose()
             });
             match parsed {
                 Ok(Some(img)) => by_id.push(img),

@@ -285,10 +285,8 @@ impl Store {
         }
         for m in &image.block_device_mappings {
             let s = &m.ebs.snapshot_id;
-            if !self.has_snapshot(s)? {
-                return Err(StoreError::NotFound(format!("snapshot {s} not found")));
-            }
-            // A launch sizes the volume from the mapping alone (before the manifest is read).
+            // A missing snapshot is NotFound. A launch sizes the volume from the mapping alone
+            // (before the manifest is read), so the mapping must cover the snapshot.
             let size = self.snapshot(s)?.size_bytes;
             if m.ebs.volume_size.saturating_mul(GIB) < size {
                 return Err(StoreError::Invalid(format!(

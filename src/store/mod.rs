@@ -147,6 +147,16 @@ pub struct Store {
     image_cache: Arc<image_index::ImageCache>,
 }
 
+/// Parse the document `id` of collection `c` (a damaged one is a corrupt-store error).
+pub(crate) fn parse_doc<T: serde::de::DeserializeOwned>(
+    c: &Collection,
+    id: &str,
+    bytes: &[u8],
+) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::corrupt(format!("{} {id}", c.dir()), e.to_string()))
+}
+
 impl Store {
     /// The default store directory: `$AMIVM_HOME`, else `$XDG_DATA_HOME/amivm`, else
     /// `~/.local/share/amivm`.
@@ -275,12 +285,10 @@ impl Store {
         c: &Collection,
         id: &str,
     ) -> Result<Option<T>> {
-        match self.backend.get_doc(c, id)? {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::corrupt(format!("{} {id}", c.dir()), e.to_string())),
-        }
+        self.backend
+            .get_doc(c, id)?
+            .map(|bytes| parse_doc(c, id, &bytes))
+            .transpose()
     }
 
     /// Several documents of a collection, parsed, in the order of `ids`; read together
@@ -293,21 +301,15 @@ impl Store {
         let docs = self.backend.get_docs(c, ids);
         ids.iter()
             .zip(docs)
-            .map(|(id, doc)| {
-                doc?.map(|bytes| {
-                    serde_json::from_slice(&bytes).map_err(|e| {
-                        StoreError::corrupt(format!("{} {id}", c.dir()), e.to_string())
-                    })
-                })
-                .transpose()
-            })
+            .map(|(id, doc)| doc?.map(|bytes| parse_doc(c, id, &bytes)).transpose())
             .collect()
     }
 
     /// Image manifests by id, read together, in the order of `ids`: each as
     /// [`Store::image`] gives it.
-    pub fn images_by_id(&self, ids: &[String]) -> Vec<Result<Image>> {
-        self.read_docs(&Collection::Images, ids)
+    pub fn images_by_id(&self, ids: &[ImageId]) -> Vec<Result<Image>> {
+        let keys: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        self.read_docs(&Collection::Images, &keys)
             .into_iter()
             .zip(ids)
             .map(|(doc, id)| {
@@ -318,8 +320,9 @@ impl Store {
 
     /// Snapshot manifests by id, read together, in the order of `ids`: each as
     /// [`Store::snapshot`] gives it.
-    pub fn snapshots_by_id(&self, ids: &[String]) -> Vec<Result<Snapshot>> {
-        self.read_docs::<Snapshot>(&Collection::Snapshots, ids)
+    pub fn snapshots_by_id(&self, ids: &[SnapshotId]) -> Vec<Result<Snapshot>> {
+        let keys: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        self.read_docs::<Snapshot>(&Collection::Snapshots, &keys)
             .into_iter()
             .zip(ids)
             .map(|(doc, id)| {
@@ -365,16 +368,14 @@ impl Store {
     /// Every snapshot manifest in the store (no permission check).
     pub fn all_snapshots(&self) -> Result<Vec<Snapshot>> {
         let mut v = Vec::new();
-        let ids: Vec<String> = self
+        let ids: Vec<SnapshotId> = self
             .backend
             .list_docs(&Collection::Snapshots)?
             .into_iter()
-            .filter(|id| match SnapshotId::parse(id) {
-                Ok(_) => true,
-                Err(e) => {
-                    log::warn!("skipping snapshot {id}: {e}");
-                    false
-                }
+            .filter_map(|id| {
+                SnapshotId::parse(&id)
+                    .map_err(|e| log::warn!("skipping snapshot {id}: {e}"))
+                    .ok()
             })
             .collect();
         for (id, s) in ids.iter().zip(self.snapshots_by_id(&ids)) {

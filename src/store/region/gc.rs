@@ -120,21 +120,22 @@ pub fn plan(
 pub fn gc_region(region: &Region, dry_run: bool) -> Result<RegionGcReport> {
     let held = RegionLock::acquire(&region.s3, LockKind::Gc)?;
     let s3 = &region.s3;
-    let image_ids = s3.list_docs(&Collection::Images)?;
-    for id in &image_ids {
-        ImageId::parse(id)?;
-    }
+    let image_ids = s3
+        .list_docs(&Collection::Images)?
+        .iter()
+        .map(|id| ImageId::parse(id))
+        .collect::<Result<Vec<_>>>()?;
     let images = region
         .store
         .images_by_id(&image_ids)
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
     let pins = pins::list(s3)?;
-    let mut named: Vec<String> = images
+    let mut named: Vec<SnapshotId> = images
         .iter()
         .flat_map(|i| i.snapshot_ids())
         .chain(pins.iter().flat_map(|p| p.snapshots.iter()))
-        .map(|s| s.to_string())
+        .cloned()
         .collect();
     named.sort();
     named.dedup();
@@ -142,7 +143,7 @@ pub fn gc_region(region: &Region, dry_run: bool) -> Result<RegionGcReport> {
     for (sid, s) in named.iter().zip(region.store.snapshots_by_id(&named)) {
         match s {
             Ok(s) => {
-                snapshots.insert(SnapshotId::parse(sid)?, s);
+                snapshots.insert(sid.clone(), s);
             }
             // A missing one is reported by `plan` with the image naming it; any other failure
             // (the server, a damaged manifest) stops gc with its own message.

@@ -205,15 +205,13 @@ impl LazyRegion {
     /// Start fetching a snapshot manifest on the worker, unless it is local, read already or
     /// on its way.
     fn prefetch_snapshot(&self, id: &SnapshotId) {
-        let memo = memo_key(&Collection::Snapshots, id.as_str());
-        if relock(&self.docs).contains_key(&memo)
-            || self
-                .local
-                .get_doc(&Collection::Snapshots, id.as_str())
-                .map_or(true, |d| d.is_some())
+        if self
+            .known_doc(&Collection::Snapshots, id.as_str())
+            .is_some()
         {
             return;
         }
+        let memo = memo_key(&Collection::Snapshots, id.as_str());
         let (slot, mine) = self.docs_in_flight.claim(&memo);
         if !mine {
             return;
@@ -227,6 +225,19 @@ impl LazyRegion {
                 .map(Arc::new);
             slot.fill(got);
         }));
+    }
+
+    /// A manifest answered without the region: the local store's, or one this process read
+    /// from the region already; `None` when the region must be asked (only for image and
+    /// snapshot manifests).
+    fn known_doc(&self, collection: &Collection, id: &str) -> Option<Result<Option<Vec<u8>>>> {
+        match self.local.get_doc(collection, id) {
+            Ok(None) if remote_docs(collection) => relock(&self.docs)
+                .get(&memo_key(collection, id))
+                .cloned()
+                .map(Ok),
+            other => Some(other),
+        }
     }
 
     /// A manifest fetched ahead of this reader, once it is in; `None` when none was, or that
@@ -360,46 +371,30 @@ impl ObjectStore for LazyRegion {
     }
 
     fn get_doc(&self, collection: &Collection, id: &str) -> Result<Option<Vec<u8>>> {
-        match self.local.get_doc(collection, id)? {
-            Some(d) => Ok(Some(d)),
-            None if remote_docs(collection) => {
-                let memo = memo_key(collection, id);
-                if let Some(doc) = relock(&self.docs).get(&memo) {
-                    return Ok(doc.clone());
-                }
-                let doc = match self.prefetched_doc(&memo) {
-                    Some(doc) => doc,
-                    None => {
-                        let (remote, c, i) =
-                            (self.remote.clone(), collection.clone(), id.to_string());
-                        log::debug!("region: GET {c:?} {i}");
-                        self.worker
-                            .run("region: GET", move || remote.get_doc(&c, &i))?
-                    }
-                };
-                self.remember(collection, memo, &doc);
-                Ok(doc)
-            }
-            None => Ok(None),
+        if let Some(known) = self.known_doc(collection, id) {
+            return known;
         }
+        let memo = memo_key(collection, id);
+        let doc = match self.prefetched_doc(&memo) {
+            Some(doc) => doc,
+            None => {
+                let (remote, c, i) = (self.remote.clone(), collection.clone(), id.to_string());
+                log::debug!("region: GET {c:?} {i}");
+                self.worker
+                    .run("region: GET", move || remote.get_doc(&c, &i))?
+            }
+        };
+        self.remember(collection, memo, &doc);
+        Ok(doc)
     }
 
     fn get_docs(&self, collection: &Collection, ids: &[String]) -> Vec<Result<Option<Vec<u8>>>> {
-        if !remote_docs(collection) {
-            return self.local.get_docs(collection, ids);
-        }
         // Local or read before: answered here; the rest from the region, concurrently. On the
         // calling thread, not the worker (whose wait is bounded by one fetch's): listing a
         // catalogue happens before a VM exists, never on its sandboxed threads.
         let mut known: Vec<Option<Result<Option<Vec<u8>>>>> = ids
             .iter()
-            .map(|id| match self.local.get_doc(collection, id) {
-                Ok(None) => relock(&self.docs)
-                    .get(&memo_key(collection, id))
-                    .cloned()
-                    .map(Ok),
-                other => Some(other),
-            })
+            .map(|id| self.known_doc(collection, id))
             .collect();
         let missing: Vec<String> = ids
             .iter()
